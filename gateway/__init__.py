@@ -1,0 +1,1 @@
+"""The API gateway (role ``gateway``): ``python -m gateway``."""

@@ -1,0 +1,3 @@
+from gateway.proxy import main
+
+main()

@@ -1,0 +1,300 @@
+"""``./d11``: the Double-11 command line.
+
+up [--detach] [HOST...]   start the topology as local processes and wait for health
+down [HOST...]            stop everything ``up`` started (works after a launcher crash)
+status [--json]           one row per host: address, pid, health, memory
+logs [HOST] [-f]          service logs (JSON lines), pretty-printed or --raw
+trace [TRACE_ID]          a trace's waterfall in the terminal (no id: recent traces)
+test [PYTEST ARGS]        the whole test suite
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from infra import ROOT, topology
+from infra.launcher import Launcher, LaunchError
+
+# Piped output (tests, CI logs) gets a wide fixed width instead of 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def _launcher(args: argparse.Namespace) -> Launcher:
+    return Launcher(topology.load(args.topology))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    launcher = _launcher(args)
+    started_at = time.monotonic()
+    try:
+        started = launcher.up(args.hosts, tie_to_launcher=not args.detach, timeout=args.timeout)
+    except LaunchError as exc:
+        err.print(f"[red]d11 up failed:[/] {exc}")
+        return 1
+    took = time.monotonic() - started_at
+    _print_status(launcher.status())
+    console.print(
+        f"{len(started)} started, all healthy in {took:.1f}s. Runtime files: {launcher.dir}"
+    )
+    if args.detach:
+        console.print("Stop with [bold]./d11 down[/].")
+        return 0
+    console.print("Streaming logs; Ctrl-C stops everything.")
+    return _foreground(launcher, [s.host.name for s in started])
+
+
+def _foreground(launcher: Launcher, names: list[str]) -> int:
+    stop = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    files = {name: open(launcher.log_path(name), "rb") for name in names}  # noqa: SIM115
+    for f in files.values():
+        f.seek(0, os.SEEK_END)
+    try:
+        while not stop:
+            quiet = True
+            for name, f in files.items():
+                for line in f.readlines():
+                    quiet = False
+                    _print_log(name, line)
+            gone = set(names) - set(launcher.running())
+            if gone:
+                err.print(f"[red]stopped unexpectedly:[/] {', '.join(sorted(gone))}")
+                break
+            if quiet:
+                time.sleep(0.2)
+    finally:
+        console.print("stopping…")
+        launcher.down(names)
+        for f in files.values():
+            f.close()
+    return 0
+
+
+def _print_log(name: str, raw: bytes, *, as_json: bool = False) -> None:
+    line = raw.decode(errors="replace").rstrip("\n")
+    if as_json:
+        print(line)
+        return
+    try:
+        event = json.loads(line)
+        level = event.pop("level", "info")
+        msg = event.pop("msg", "")
+        ts = event.pop("ts", "")[11:23]
+        for key in ("service", "logger"):
+            event.pop(key, None)
+        extra = " ".join(f"{k}={v}" for k, v in event.items())
+        style = {"error": "red", "warning": "yellow"}.get(level, "")
+        console.print(
+            f"[dim]{ts}[/] [bold]{name:>14}[/] [{style}]{msg}[/{style}] [dim]{extra}[/]"
+            if style
+            else f"[dim]{ts}[/] [bold]{name:>14}[/] {msg} [dim]{extra}[/]",
+            highlight=False,
+            markup=True,
+            soft_wrap=True,
+        )
+    except (ValueError, AttributeError):
+        console.print(f"[bold]{name:>14}[/] {line}", highlight=False, markup=True, soft_wrap=True)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    stopped = _launcher(args).down(args.hosts)
+    console.print(f"stopped {len(stopped)}: {', '.join(stopped)}" if stopped else "nothing running")
+    return 0
+
+
+def _print_status(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="Double-11 hosts", title_justify="left")
+    for column in ("name", "role", "address", "protocol", "pid", "health", "RSS MiB"):
+        table.add_column(column, justify="right" if column in ("pid", "RSS MiB") else "left")
+    for r in rows:
+        health = "[green]healthy[/]" if r["healthy"] else "[red]down[/]"
+        table.add_row(
+            r["name"],
+            r["role"],
+            f"{r['address']}:{r['port']}",
+            r["protocol"],
+            str(r["pid"] or "-"),
+            health,
+            f"{r['rss_bytes'] / 2**20:.1f}",
+        )
+    total = sum(r["rss_bytes"] for r in rows)
+    table.add_section()
+    table.add_row(
+        "total",
+        "",
+        "",
+        "",
+        "",
+        f"{sum(r['healthy'] for r in rows)}/{len(rows)}",
+        f"{total / 2**20:.1f}",
+    )
+    console.print(table)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    rows = _launcher(args).status()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_status(rows)
+    return 0 if all(r["healthy"] for r in rows) else 3
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    launcher = _launcher(args)
+    names = [args.host] if args.host else [h.name for h in launcher.topology.hosts]
+    files = {}
+    for name in names:
+        path = launcher.log_path(name)
+        if path.exists():
+            files[name] = open(path, "rb")  # noqa: SIM115
+        elif args.host:
+            err.print(f"no log for {name} at {path}")
+            return 1
+    try:
+        for name, f in files.items():
+            for line in f.readlines()[-args.lines :]:
+                _print_log(name, line, as_json=args.raw)
+        while args.follow:
+            quiet = True
+            for name, f in files.items():
+                for line in f.readlines():
+                    quiet = False
+                    _print_log(name, line, as_json=args.raw)
+            if quiet:
+                time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for f in files.values():
+            f.close()
+    return 0
+
+
+def _collector_url(args: argparse.Namespace) -> str:
+    if args.collector:
+        return args.collector.rstrip("/")
+    collectors = topology.load(args.topology).by_role("collector")
+    if not collectors:
+        raise LaunchError("no collector in the topology; pass --collector URL")
+    return f"http://{collectors[0].endpoint}"
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from infra.traceview import render
+
+    base = _collector_url(args)
+    try:
+        if not args.trace_id:
+            listing = _get_json(f"{base}/api/traces?limit={args.limit}")["traces"]
+            table = Table(title=f"recent traces at {base}", title_justify="left")
+            for column in ("trace id", "root", "spans", "errors", "ms"):
+                table.add_column(column)
+            for t in listing:
+                table.add_row(
+                    t["trace_id"],
+                    f"{t['root_service']}: {t['root_name']}",
+                    str(t["span_count"]),
+                    str(t["error_count"]),
+                    f"{t['duration_ns'] / 1e6:.2f}",
+                )
+            console.print(table)
+            return 0
+        doc = _get_json(f"{base}/api/traces/{args.trace_id}")
+    except urllib.error.HTTPError as exc:
+        err.print(f"[red]{exc.code}[/] {exc.read().decode(errors='replace').strip()}")
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        err.print(f"[red]collector at {base} not reachable:[/] {exc}")
+        return 1
+    render(doc["trace_id"], doc["spans"], console, attrs=args.attrs)
+    console.print(f"web: {base}/traces/{doc['trace_id']}")
+    return 0
+
+
+def cmd_test(args: argparse.Namespace, rest: list[str]) -> int:
+    os.chdir(ROOT)
+    os.execv(sys.executable, [sys.executable, "-m", "pytest", *rest])
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="d11", description="Double-11: one purchase, every protocol.")
+    p.add_argument(
+        "--topology",
+        type=Path,
+        default=None,
+        help="topology file (default: $D11_TOPOLOGY or infra/topology.yaml)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start every service as a local process")
+    up.add_argument("hosts", nargs="*", help="only these hosts (default: all)")
+    up.add_argument("-d", "--detach", action="store_true", help="return once healthy")
+    up.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for health")
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser("down", help="stop what up started")
+    down.add_argument("hosts", nargs="*")
+    down.set_defaults(func=cmd_down)
+
+    status = sub.add_parser("status", help="one row per host")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    logs = sub.add_parser("logs", help="service logs")
+    logs.add_argument("host", nargs="?")
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("-n", "--lines", type=int, default=50)
+    logs.add_argument("--raw", action="store_true", help="the JSON lines as written")
+    logs.set_defaults(func=cmd_logs)
+
+    trace = sub.add_parser("trace", help="draw a trace's waterfall")
+    trace.add_argument("trace_id", nargs="?")
+    trace.add_argument("--attrs", action="store_true", help="show span attributes")
+    trace.add_argument("--limit", type=int, default=20)
+    trace.add_argument("--collector", help="collector base URL (default: from the topology)")
+    trace.set_defaults(func=cmd_trace)
+
+    test = sub.add_parser("test", help="run the test suite (extra args go to pytest)")
+    test.set_defaults(func=cmd_test)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    p = parser()
+    # Everything after `test` belongs to pytest, options included.
+    if "test" in argv:
+        i = argv.index("test")
+        args = p.parse_args(argv[: i + 1])
+        raise SystemExit(cmd_test(args, argv[i + 1 :]))
+    args = p.parse_args(argv)
+    try:
+        raise SystemExit(args.func(args))
+    except (LaunchError, topology.TopologyError) as exc:
+        err.print(f"[red]d11:[/] {exc}")
+        raise SystemExit(1) from None

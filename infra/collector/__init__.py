@@ -1,0 +1,1 @@
+"""The tracing collector and viewer (role ``collector``): ``python -m infra.collector``."""

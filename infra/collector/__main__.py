@@ -1,0 +1,3 @@
+from infra.collector.app import main
+
+main()

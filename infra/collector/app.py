@@ -1,0 +1,129 @@
+"""Collector service: OTLP/HTTP in, SQLite store, JSON API and the waterfall viewer out.
+
+- ``POST /v1/traces``: OTLP/HTTP, protobuf or JSON (the exporter's default port is 4318)
+- ``GET /api/traces?service=&attr=KEY=VALUE&limit=``: recent traces, newest first
+- ``GET /api/traces/{trace_id}``: every span of one trace (404 when unknown)
+- ``GET /`` and ``GET /traces/{trace_id}``: the web viewer
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from infra.collector import otlp
+from infra.collector.store import SpanStore
+from infra.http import HttpServer, make_app
+from infra.service import Component, Context, run
+
+MAX_BODY = 16 * 1024 * 1024
+VIEWER = Path(__file__).with_name("viewer.html")
+TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class Storage:
+    """The store behind a single worker thread (a component: opened at start)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spanstore")
+        self.store: SpanStore | None = None
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.pool, lambda: getattr(self.store, method)(*args, **kwargs)
+        )
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.store = await loop.run_in_executor(self.pool, SpanStore, self.path)
+
+    async def stop(self, grace: float) -> None:
+        if self.store is not None:
+            await self.call("close")
+        self.pool.shutdown(wait=True)
+
+
+def _json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def routes(storage: Storage) -> web.RouteTableDef:
+    api = web.RouteTableDef()
+
+    @api.post("/v1/traces")
+    async def export(request: web.Request) -> web.Response:
+        content_type = request.content_type
+        if content_type not in (otlp.PROTOBUF, otlp.JSON):
+            return _json_error(415, f"unsupported content type {content_type!r}")
+        try:
+            body = await request.read()
+            records, rejected = otlp.spans(otlp.parse_request(body, content_type))
+        except web.HTTPRequestEntityTooLarge:
+            return _json_error(413, f"body over {MAX_BODY} bytes")
+        except otlp.MalformedPayload as exc:
+            return _json_error(400, str(exc))
+        await storage.call("add", records)
+        message = f"{rejected} span(s) with invalid ids or times" if rejected else ""
+        return web.Response(
+            body=otlp.response(rejected, message, content_type), content_type=content_type
+        )
+
+    @api.get("/api/traces")
+    async def list_traces(request: web.Request) -> web.Response:
+        try:
+            limit = min(max(int(request.query.get("limit", "20")), 1), 1000)
+        except ValueError:
+            return _json_error(400, "limit must be an integer")
+        attribute = None
+        if "attr" in request.query:
+            key, sep, value = request.query["attr"].partition("=")
+            if not sep or not key:
+                return _json_error(400, "attr must be KEY=VALUE")
+            attribute = (key, value)
+        found = await storage.call(
+            "traces",
+            service=request.query.get("service") or None,
+            attribute=attribute,
+            limit=limit,
+        )
+        return web.json_response({"traces": found})
+
+    @api.get("/api/traces/{trace_id}")
+    async def get_trace(request: web.Request) -> web.Response:
+        trace_id = request.match_info["trace_id"].lower()
+        if not TRACE_ID.match(trace_id):
+            return _json_error(400, "a trace id is 32 hex digits")
+        spans = await storage.call("trace", trace_id)
+        if not spans:
+            return _json_error(404, f"no trace {trace_id}")
+        return web.json_response({"trace_id": trace_id, "spans": spans})
+
+    @api.get("/")
+    @api.get("/traces/{trace_id}")
+    async def viewer(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(VIEWER, headers={"Cache-Control": "no-cache"})
+
+    return api
+
+
+async def build(ctx: Context) -> Sequence[Component]:
+    s = ctx.settings
+    storage = Storage(s.data_dir / "spans.sqlite3")
+    app = make_app(ctx, client_max_size=MAX_BODY)
+    app.add_routes(routes(storage))
+    return [storage, HttpServer(app, s.address, s.port)]
+
+
+def main() -> None:
+    # The collector is the sink: exporting its own spans to itself would loop.
+    os.environ["OTEL_TRACES_EXPORTER"] = "none"
+    run(build, name="collector", role="collector", port=4318)

@@ -1,0 +1,163 @@
+"""gRPC services and clients: tracing/metrics interceptors, the standard health service,
+server reflection, and a side HTTP listener for ``/metrics`` and ``/healthz``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from infra.http import HttpServer, make_app
+from infra.service import Context, PortInUse
+from infra.telemetry import client_span, mark_error, server_span
+
+# Housekeeping services are neither traced nor counted.
+_UNTRACED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def _split(method: str) -> tuple[str, str]:
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service, name
+
+
+class ServerTelemetry(grpc.aio.ServerInterceptor):
+    """Continues the caller's trace from metadata and records a SERVER span per unary call."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = details.method
+        if handler is None or handler.unary_unary is None or method.startswith(_UNTRACED):
+            return handler
+        inner = handler.unary_unary
+        metrics = self.ctx.metrics
+        service, name = _split(method)
+        carrier = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+        async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            outcome = "OK"
+            with server_span(method.lstrip("/"), carrier, attributes) as span:
+                try:
+                    return await inner(request, context)
+                except grpc.aio.AbortError:
+                    code = context.code()
+                    outcome = code.name if code is not None else "UNKNOWN"
+                    raise
+                except Exception:
+                    outcome = "UNKNOWN"
+                    raise
+                finally:
+                    span.set_attribute("rpc.grpc.status_code", outcome)
+                    if outcome != "OK":
+                        mark_error(span, f"{outcome}: {context.details() or ''}")
+                    metrics.observe("grpc", name, outcome, started)
+
+        return grpc.unary_unary_rpc_method_handler(
+            traced,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class ClientTelemetry(grpc.aio.UnaryUnaryClientInterceptor):
+    """A CLIENT span per call, with ``traceparent`` sent in the call's metadata."""
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[..., Awaitable[grpc.aio.UnaryUnaryCall]],
+        details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        service, name = _split(method)
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+        with client_span(method.lstrip("/"), attributes) as (span, carrier):
+            metadata = grpc.aio.Metadata(*(details.metadata or ()))
+            for key, value in carrier.items():
+                metadata.add(key, value)
+            details = grpc.aio.ClientCallDetails(
+                details.method,
+                details.timeout,
+                metadata,
+                details.credentials,
+                details.wait_for_ready,
+            )
+            call = await continuation(details, request)
+            code = await call.code()
+            span.set_attribute("rpc.grpc.status_code", code.name)
+            if code != grpc.StatusCode.OK:
+                mark_error(span, f"{code.name}: {await call.details()}")
+            return call
+
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.enable_retries", 0),  # retries are the caller's decision (idempotency)
+]
+
+
+def channel(target: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(
+        target, options=_CHANNEL_OPTIONS, interceptors=[ClientTelemetry()]
+    )
+
+
+class GrpcServer:
+    """A grpc.aio server with health, reflection and telemetry; ``/metrics`` and ``/healthz``
+    are served over HTTP on the service's metrics port when it has one."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        register: Callable[[grpc.aio.Server], Iterable[str]],
+    ) -> None:
+        self.ctx = ctx
+        s = ctx.settings
+        # SO_REUSEPORT is off so that a second server on a taken port fails instead of
+        # silently sharing it.
+        self.server = grpc.aio.server(
+            interceptors=[ServerTelemetry(ctx)],
+            options=[*_CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
+        )
+        self.health = health.aio.HealthServicer()
+        self.service_names = list(register(self.server))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        self.side: HttpServer | None = None
+        if s.metrics_port:
+            self.side = HttpServer(make_app(ctx), s.address, s.metrics_port)
+
+    async def start(self) -> None:
+        s = self.ctx.settings
+        try:
+            self.server.add_insecure_port(f"{s.address}:{s.port}")
+        except RuntimeError:
+            raise PortInUse(s.address, s.port) from None
+        await self.server.start()
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.side is not None:
+            await self.side.start()
+
+    async def stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        if self.side is not None:
+            await self.side.stop(grace)
+        await self.server.stop(grace)

@@ -1,0 +1,58 @@
+"""Health probes by protocol, as an outside checker (launcher, status, tests) runs them.
+
+Conventions: HTTP services answer ``GET /healthz`` with 200; gRPC services run the standard
+``grpc.health.v1.Health`` service. Later protocols (DNS, Dubbo) add their probe here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from infra.topology import Host
+
+Probe = Callable[[Host, float], Awaitable[bool]]
+
+
+async def probe_http(host: Host, timeout: float) -> bool:
+    url = f"http://{host.endpoint}/healthz"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+            session.get(url) as response,
+        ):
+            return response.status == 200
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return False
+
+
+async def probe_grpc(host: Host, timeout: float) -> bool:
+    try:
+        async with grpc.aio.insecure_channel(host.endpoint) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+    except (grpc.aio.AioRpcError, TimeoutError, OSError):
+        return False
+
+
+PROBES: dict[str, Probe] = {"http": probe_http, "grpc": probe_grpc}
+
+
+async def probe(host: Host, timeout: float = 1.0) -> bool:
+    check = PROBES.get(host.protocol)
+    if check is None:
+        return False
+    try:
+        return await asyncio.wait_for(check(host, timeout), timeout + 0.5)
+    except TimeoutError:
+        return False
+
+
+async def probe_all(hosts: list[Host], timeout: float = 1.0) -> dict[str, bool]:
+    results = await asyncio.gather(*(probe(h, timeout) for h in hosts))
+    return {h.name: ok for h, ok in zip(hosts, results, strict=True)}

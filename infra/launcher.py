@@ -1,0 +1,217 @@
+"""Process mode: start every host of the topology as a local process on its own loopback
+address, wait for health, report status, and stop everything again."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from infra import ROOT
+from infra.health import probe_all
+from infra.procs import (
+    PidDir,
+    PidRecord,
+    die_with_parent,
+    group_rss_bytes,
+    proc_start_time,
+    terminate_group,
+)
+from infra.service import EXIT_PORT_IN_USE
+from infra.topology import Host, Topology
+
+DEFAULT_RUN_DIR = ROOT / ".run"
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+def run_dir() -> Path:
+    return Path(os.environ.get("D11_RUN_DIR") or DEFAULT_RUN_DIR)
+
+
+@dataclass
+class Started:
+    host: Host
+    process: subprocess.Popen[bytes]
+
+
+class Launcher:
+    def __init__(self, topology: Topology, directory: Path | None = None) -> None:
+        self.topology = topology
+        self.dir = directory or run_dir()
+        self.pids = PidDir(self.dir / "pids")
+        self.logs = self.dir / "logs"
+
+    # -- environment -------------------------------------------------------------------
+    def environment(self, host: Host) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            PYTHONPATH=str(ROOT),
+            PYTHONUNBUFFERED="1",
+            D11_SERVICE=host.name,
+            D11_ROLE=host.role,
+            D11_ADDRESS=host.address,
+            D11_PORT=str(host.port),
+            D11_RUN_DIR=str(self.dir),
+            # Per host, never inherited: one user-wide OTEL_SERVICE_NAME would merge services.
+            OTEL_SERVICE_NAME=host.name,
+        )
+        if host.metrics_port:
+            env["D11_METRICS_PORT"] = str(host.metrics_port)
+        else:
+            env.pop("D11_METRICS_PORT", None)
+        collectors = self.topology.by_role("collector")
+        if collectors:
+            # A user's own OTEL_EXPORTER_OTLP_ENDPOINT (Jaeger, ...) wins over ours.
+            env.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://{collectors[0].endpoint}")
+        env.setdefault("OTEL_BSP_SCHEDULE_DELAY", "200")
+        env.update(self.topology.environment(host))
+        return env
+
+    def log_path(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    # -- up ----------------------------------------------------------------------------
+    def running(self) -> dict[str, PidRecord]:
+        """Services of ours that are alive; stale pid files are removed on the way."""
+        alive = {}
+        for name, record in self.pids.read_all().items():
+            if record.alive():
+                alive[name] = record
+            else:
+                self.pids.remove(name)
+        return alive
+
+    def spawn(self, host: Host, *, tie_to_launcher: bool) -> Started:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path(host.name), "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", host.module],
+                cwd=ROOT,
+                env=self.environment(host),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: down signals the whole service
+                preexec_fn=die_with_parent if tie_to_launcher else None,
+            )
+        start_time = proc_start_time(process.pid)
+        if start_time is not None:
+            self.pids.write(PidRecord(host.name, process.pid, start_time))
+        return Started(host, process)
+
+    def up(
+        self,
+        names: Iterable[str] | None = None,
+        *,
+        tie_to_launcher: bool = False,
+        timeout: float = 20.0,
+    ) -> list[Started]:
+        """Start the named hosts (default: all) not already running; wait until healthy."""
+        wanted = self._select(names)
+        already = self.running()
+        started = [
+            self.spawn(h, tie_to_launcher=tie_to_launcher) for h in wanted if h.name not in already
+        ]
+        try:
+            asyncio.run(self._wait_healthy(wanted, started, timeout))
+        except BaseException:
+            for s in started:
+                self._stop_one(s.host.name)
+            raise
+        return started
+
+    async def _wait_healthy(self, hosts: list[Host], started: list[Started], timeout: float):
+        pending = {h.name: h for h in hosts}
+        deadline = time.monotonic() + timeout
+        while pending:
+            for s in started:
+                code = s.process.poll()
+                if code is not None and s.host.name in pending:
+                    raise LaunchError(self._exit_message(s.host, code))
+            results = await probe_all(list(pending.values()), timeout=0.5)
+            for name, ok in results.items():
+                if ok:
+                    del pending[name]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                names = ", ".join(sorted(pending))
+                raise LaunchError(f"not healthy after {timeout:.0f}s: {names} (see ./d11 logs)")
+            await asyncio.sleep(0.1)
+
+    def _exit_message(self, host: Host, code: int) -> str:
+        tail = self.tail(host.name, 5)
+        reason = "its address is taken" if code == EXIT_PORT_IN_USE else f"exit status {code}"
+        lines = "\n  ".join(tail)
+        return f"{host.name} ({host.endpoint}) stopped at start-up, {reason}:\n  {lines}"
+
+    def tail(self, name: str, count: int) -> list[str]:
+        try:
+            data = self.log_path(name).read_bytes()[-16384:]
+        except OSError:
+            return []
+        return data.decode(errors="replace").splitlines()[-count:]
+
+    # -- down --------------------------------------------------------------------------
+    def _stop_one(self, name: str) -> None:
+        record = self.pids.read_all().get(name)
+        if record is not None:
+            terminate_group(record)
+            self.pids.remove(name)
+
+    def down(self, names: Iterable[str] | None = None) -> list[str]:
+        """Stop what we started (by pid file, so it works after a launcher crash, even
+        for hosts no longer in the topology); returns the names stopped."""
+        records = self.pids.read_all()
+        selected = set(names) if names else set(records)
+        stopped = []
+        for name in sorted(selected & set(records)):
+            record = records[name]
+            if record.alive():
+                stopped.append(name)
+            terminate_group(record)
+            self.pids.remove(name)
+        return stopped
+
+    # -- status ------------------------------------------------------------------------
+    def status(self) -> list[dict[str, Any]]:
+        running = self.running()
+        health = asyncio.run(probe_all(list(self.topology.hosts), timeout=1.0))
+        rows = []
+        for host in self.topology.hosts:
+            record = running.get(host.name)
+            rows.append(
+                {
+                    "name": host.name,
+                    "role": host.role,
+                    "address": host.address,
+                    "port": host.port,
+                    "protocol": host.protocol,
+                    "metrics_port": host.metrics_port,
+                    "module": host.module,
+                    "pid": record.pid if record else None,
+                    "healthy": health[host.name],
+                    "rss_bytes": group_rss_bytes(record.pid) if record else 0,
+                }
+            )
+        return rows
+
+    def _select(self, names: Iterable[str] | None) -> list[Host]:
+        if not names:
+            return list(self.topology.hosts)
+        selected = []
+        for name in names:
+            try:
+                selected.append(self.topology.host(name))
+            except KeyError:
+                raise LaunchError(f"no host named {name!r} in {self.topology.path}") from None
+        return selected

@@ -1,0 +1,117 @@
+"""The one start-up skeleton every Double-11 service runs through.
+
+A service module has a ``main()`` that calls :func:`run` with a builder: an async function
+that takes the :class:`Settings` and returns the components to start (an HTTP app, a gRPC
+server, ...). ``run`` does the rest the same way for every service: logging, tracing,
+uvloop, binding (failing fast with the address and port when it is taken), readiness,
+SIGTERM/SIGINT handling with a drain of in-flight work, and flushing spans on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from infra.config import ConfigError, Settings
+from infra.logs import setup_logging
+from infra.telemetry import Metrics, setup_tracing
+
+log = logging.getLogger("d11.service")
+
+# Exit status when a listening address is taken, so the launcher can tell it from a crash.
+EXIT_PORT_IN_USE = 98
+EXIT_CONFIG = 78
+
+
+class PortInUse(RuntimeError):
+    def __init__(self, address: str, port: int, proto: str = "tcp") -> None:
+        super().__init__(f"cannot listen on {address}:{port}/{proto}: address already in use")
+        self.address, self.port = address, port
+
+
+class Component(Protocol):
+    """Something a service starts and stops: a listener, a background task, a client pool."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
+class Context:
+    """What a builder gets: the settings and the service's metrics registry."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics(settings.name)
+        # Set while draining: health checks turn unhealthy so balancers stop sending work.
+        self.draining = False
+
+
+Builder = Callable[[Context], Awaitable[Sequence[Component]]]
+
+
+def is_addr_in_use(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE
+
+
+def run(build: Builder, *, name: str, role: str, port: int, grace: float = 5.0) -> None:
+    """Run a service until SIGTERM/SIGINT. ``name``/``role``/``port`` are defaults for
+    running the module alone; the launcher and containers override them with D11_*."""
+    try:
+        settings = Settings.from_env(name=name, role=role, port=port)
+    except ConfigError as exc:
+        print(f"{name}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    setup_logging(settings.name, settings.log_level)
+    provider = setup_tracing(settings)
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop is pinned, but keep running without it
+        runner = asyncio.Runner()
+    code = 0
+    with runner:
+        try:
+            runner.run(_serve(Context(settings), build, grace))
+        except PortInUse as exc:
+            log.error(str(exc))
+            print(f"{settings.name}: {exc}", file=sys.stderr)
+            code = EXIT_PORT_IN_USE
+        except ConfigError as exc:
+            log.error("configuration error: %s", exc)
+            print(f"{settings.name}: configuration error: {exc}", file=sys.stderr)
+            code = EXIT_CONFIG
+    if provider is not None:
+        provider.shutdown()  # flushes spans still queued for export
+    if code:
+        raise SystemExit(code)
+
+
+async def _serve(ctx: Context, build: Builder, grace: float) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    components = list(await build(ctx))
+    started: list[Component] = []
+    try:
+        for component in components:
+            await component.start()
+            started.append(component)
+        s = ctx.settings
+        log.info("ready", extra={"role": s.role, "address": s.address, "port": s.port})
+        await stop.wait()
+        log.info("draining", extra={"grace_s": grace})
+        ctx.draining = True
+    finally:
+        for component in reversed(started):
+            try:
+                await component.stop(grace)
+            except Exception:  # keep stopping the rest
+                log.exception("error while stopping %r", component)

@@ -1,0 +1,149 @@
+"""Tracing and metrics set-up shared by every service.
+
+Tracing is OpenTelemetry with W3C ``traceparent`` propagation and an OTLP/HTTP exporter. The
+SDK reads the standard ``OTEL_*`` variables itself (``OTEL_EXPORTER_OTLP_ENDPOINT``,
+``OTEL_TRACES_EXPORTER``, ``OTEL_TRACES_SAMPLER``, ``OTEL_RESOURCE_ATTRIBUTES``,
+``OTEL_BSP_*``, ``OTEL_PROPAGATORS``, ``OTEL_SDK_DISABLED``), so the same services can be
+pointed at Jaeger or any OTLP backend without a code change.
+
+The carriers differ per protocol (HTTP headers, gRPC metadata, later SOAP headers and Dubbo
+attachments) but all go through :func:`inject` and :func:`extract` here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from infra.config import Settings
+
+__all__ = [
+    "PROMETHEUS_CONTENT_TYPE",
+    "Metrics",
+    "SpanKind",
+    "client_span",
+    "extract",
+    "format_trace_id",
+    "inject",
+    "server_span",
+    "setup_tracing",
+    "tracer",
+]
+
+_TRACER_NAME = "double-11"
+
+
+def setup_tracing(settings: Settings) -> TracerProvider | None:
+    """Install the global tracer provider for this service; None when the SDK is disabled."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    resource = Resource.create(
+        {
+            "service.name": os.environ.get("OTEL_SERVICE_NAME") or settings.name,
+            "service.namespace": "double-11",
+            "service.instance.id": f"{settings.name}@{settings.address}:{settings.port}",
+            "host.name": settings.name,
+            "d11.role": settings.role,
+        }
+    )
+    provider = TracerProvider(resource=resource)
+    exporters = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower()
+    if "otlp" in exporters:
+        # Imported here: it pulls in ``requests``, which a service with export off never needs.
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(_TRACER_NAME)
+
+
+def format_trace_id(span: Span | None = None) -> str:
+    """Hex trace id of ``span`` (default: the current span), or '' outside any trace."""
+    ctx = (span or trace.get_current_span()).get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+def inject(carrier: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """Write the current context (``traceparent``, ``tracestate``, baggage) into a carrier."""
+    propagate.inject(carrier)
+    return carrier
+
+
+def extract(carrier: Mapping[str, str]) -> otel_context.Context:
+    return propagate.extract(carrier)
+
+
+@contextmanager
+def server_span(
+    name: str, carrier: Mapping[str, str], attributes: Mapping[str, Any] | None = None
+) -> Iterator[Span]:
+    """A SERVER span continuing the trace found in an incoming carrier."""
+    with tracer().start_as_current_span(
+        name,
+        context=extract(carrier),
+        kind=SpanKind.SERVER,
+        attributes=attributes,
+        record_exception=True,
+        set_status_on_exception=True,
+    ) as span:
+        yield span
+
+
+@contextmanager
+def client_span(
+    name: str, attributes: Mapping[str, Any] | None = None
+) -> Iterator[tuple[Span, dict[str, str]]]:
+    """A CLIENT span and the carrier (headers/metadata) to send with the outgoing call."""
+    with tracer().start_as_current_span(
+        name, kind=SpanKind.CLIENT, attributes=attributes, record_exception=True
+    ) as span:
+        yield span, inject({})
+
+
+def mark_error(span: Span, message: str) -> None:
+    span.set_status(Status(StatusCode.ERROR, message))
+
+
+class Metrics:
+    """Per-service Prometheus metrics, in a registry of the service's own (not the global one,
+    so tests can start several services in one process)."""
+
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "d11_requests",
+            "Requests handled, by protocol, operation and outcome.",
+            ["protocol", "operation", "outcome"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "d11_request_duration_seconds",
+            "Time to handle a request, by protocol and operation.",
+            ["protocol", "operation"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+        self.service = service
+
+    def observe(self, protocol: str, operation: str, outcome: str, started: float) -> None:
+        self.requests.labels(protocol, operation, outcome).inc()
+        self.latency.labels(protocol, operation).observe(time.perf_counter() - started)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,158 @@
+"""The topology file: every emulated host, its role, address, ports and entry module."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infra import ROOT
+
+DEFAULT_PATH = ROOT / "infra" / "topology.yaml"
+
+# The fixed role vocabulary every issue and tool uses.
+ROLES = frozenset(
+    {
+        "dns-root",
+        "dns-tld",
+        "dns-auth",
+        "dns-gslb",
+        "resolver",
+        "httpdns",
+        "cdn-origin",
+        "cdn-cache",
+        "nat",
+        "gateway",
+        "controller",
+        "order-soap",
+        "order-dubbo",
+        "order-grpc",
+        "inventory",
+        "coupon",
+        "registry",
+        "collector",
+    }
+)
+PROTOCOLS = frozenset({"http", "https", "grpc", "dns", "dubbo"})
+
+_REF = re.compile(r"\$\{([a-z0-9-]+)(?:\.(address|port))?\}")
+
+
+class TopologyError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    role: str
+    address: str
+    port: int
+    protocol: str
+    module: str
+    metrics_port: int | None = None
+    networks: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Topology:
+    hosts: tuple[Host, ...]
+    networks: dict[str, dict[str, Any]]
+    path: Path
+
+    def host(self, name: str) -> Host:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(name)
+
+    def by_role(self, role: str) -> list[Host]:
+        return [h for h in self.hosts if h.role == role]
+
+    def expand(self, value: str) -> str:
+        """Replace ``${host}``, ``${host.address}`` and ``${host.port}`` references."""
+
+        def sub(match: re.Match[str]) -> str:
+            try:
+                host = self.host(match.group(1))
+            except KeyError:
+                raise TopologyError(f"{self.path}: unknown host in {match.group(0)}") from None
+            part = match.group(2)
+            return host.address if part == "address" else str(host.port) if part else host.endpoint
+
+        return _REF.sub(sub, value)
+
+    def environment(self, host: Host) -> dict[str, str]:
+        return {key: self.expand(str(value)) for key, value in host.env.items()}
+
+
+def load(path: Path | str | None = None) -> Topology:
+    path = Path(path or os.environ.get("D11_TOPOLOGY") or DEFAULT_PATH)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise TopologyError(f"{path}: {exc}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("hosts"), list):
+        raise TopologyError(f"{path}: expected a mapping with a 'hosts' list")
+    hosts = tuple(_host(path, i, entry) for i, entry in enumerate(raw["hosts"]))
+    _check(path, hosts)
+    topology = Topology(hosts=hosts, networks=dict(raw.get("networks") or {}), path=path)
+    for host in hosts:
+        topology.environment(host)  # fail now on dangling ${host} references
+    return topology
+
+
+def _host(path: Path, index: int, entry: Any) -> Host:
+    where = f"{path}: hosts[{index}]"
+    if not isinstance(entry, dict):
+        raise TopologyError(f"{where}: expected a mapping")
+    try:
+        host = Host(
+            name=str(entry["name"]),
+            role=str(entry["role"]),
+            address=str(entry["address"]),
+            port=int(entry["port"]),
+            protocol=str(entry.get("protocol", "http")),
+            module=str(entry["module"]),
+            metrics_port=int(entry["metrics_port"]) if entry.get("metrics_port") else None,
+            networks=tuple(entry.get("networks") or ()),
+            env={str(k): str(v) for k, v in (entry.get("env") or {}).items()},
+        )
+    except KeyError as exc:
+        raise TopologyError(f"{where}: missing field {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise TopologyError(f"{where}: {exc}") from None
+    if host.role not in ROLES:
+        raise TopologyError(f"{where} ({host.name}): unknown role {host.role!r}")
+    if host.protocol not in PROTOCOLS:
+        raise TopologyError(f"{where} ({host.name}): unknown protocol {host.protocol!r}")
+    try:
+        ipaddress.ip_address(host.address)
+    except ValueError:
+        raise TopologyError(f"{where} ({host.name}): bad address {host.address!r}") from None
+    return host
+
+
+def _check(path: Path, hosts: tuple[Host, ...]) -> None:
+    names: set[str] = set()
+    listeners: dict[tuple[str, int], str] = {}
+    for host in hosts:
+        if host.name in names:
+            raise TopologyError(f"{path}: host {host.name!r} is listed twice")
+        names.add(host.name)
+        for port in filter(None, (host.port, host.metrics_port)):
+            other = listeners.setdefault((host.address, port), host.name)
+            if other != host.name:
+                raise TopologyError(
+                    f"{path}: {host.name} and {other} both listen on {host.address}:{port}"
+                )

@@ -1,0 +1,1 @@
+"""The order service over gRPC (role ``order-grpc``): ``python -m rpc.grpc``."""

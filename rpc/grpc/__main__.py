@@ -1,0 +1,3 @@
+from rpc.grpc.server import main
+
+main()

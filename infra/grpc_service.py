@@ -42,16 +42,24 @@ class ServerTelemetry(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None or method.startswith(_UNTRACED):
             return handler
         inner = handler.unary_unary
+        decode = handler.request_deserializer
         metrics = self.ctx.metrics
         service, name = _split(method)
         carrier = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
 
-        async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def traced(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             outcome = "OK"
             with server_span(method.lstrip("/"), carrier, attributes) as span:
                 try:
+                    # Decoded here rather than by grpc, which would answer UNKNOWN.
+                    try:
+                        request = decode(raw) if decode else raw
+                    except Exception as exc:
+                        await context.abort(
+                            grpc.StatusCode.INVALID_ARGUMENT, f"undecodable request: {exc}"
+                        )
                     return await inner(request, context)
                 except grpc.aio.AbortError:
                     code = context.code()
@@ -68,7 +76,7 @@ class ServerTelemetry(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             traced,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
 

@@ -1,0 +1,94 @@
+"""Shared fixtures: the process-mode stack, started with ``./d11 up`` as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from infra import ROOT
+from infra import topology as topo
+
+D11 = str(ROOT / "d11")
+
+
+def d11(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``./d11`` command line."""
+    result = subprocess.run(
+        [D11, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"./d11 {' '.join(args)} exited {result.returncode}\n"
+            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
+    return result
+
+
+@dataclass
+class Stack:
+    topology: topo.Topology
+    env: dict[str, str]
+    up_seconds: float
+
+    def url(self, host: str, path: str = "") -> str:
+        return f"http://{self.topology.host(host).endpoint}{path}"
+
+    def d11(self, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:
+        return d11(*args, env=self.env, **kwargs)
+
+
+def stack_env(run_dir: Path, topology_path: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    # A user's OTEL endpoint must not capture the tests' spans.
+    for key in list(env):
+        if key.startswith("OTEL_") or key.startswith("D11_"):
+            del env[key]
+    env["D11_RUN_DIR"] = str(run_dir)
+    env["OTEL_BSP_SCHEDULE_DELAY"] = "100"
+    if topology_path is not None:
+        env["D11_TOPOLOGY"] = str(topology_path)
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = stack_env(tmp_path_factory.mktemp("run"))
+    started = time.monotonic()
+    d11("up", "--detach", env=env)
+    up_seconds = time.monotonic() - started
+    try:
+        yield Stack(topo.load(), env, up_seconds)
+    finally:
+        d11("down", env=env, check=False)
+
+
+@pytest.fixture(scope="session")
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=10, trust_env=False) as client:
+        yield client
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1, what: str = "condition"):
+    """Poll until ``predicate()`` returns something truthy; return it or fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def python() -> str:
+    return sys.executable

@@ -1,0 +1,136 @@
+"""The walking skeleton end to end: one order from an outside client through gateway ->
+controller -> order service (gRPC), followed as one trace in the API, the terminal and the
+web viewer (headless Chromium)."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import Stack, wait_for
+
+EXPECTED_SERVICES = {"gateway", "order-grpc"}
+
+
+@pytest.fixture(scope="module")
+def traced_order(stack: Stack, http) -> dict:
+    """Place one order with a traceparent of our own, as a phone starting the trace would."""
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    r = http.post(
+        stack.url("gateway", "/api/orders"),
+        json={"user_id": "e2e", "lines": [{"item_id": 11, "quantity": 3}]},
+        headers={
+            "Idempotency-Key": secrets.token_hex(8),
+            "traceparent": f"00-{trace_id}-{parent}-01",
+        },
+    )
+    assert r.status_code == 201, r.text
+
+    def complete():
+        t = http.get(stack.url("collector", f"/api/traces/{trace_id}"))
+        if t.status_code != 200:
+            return None
+        spans = t.json()["spans"]
+        services = {s["service"] for s in spans}
+        # gateway (server + upstream client), controller (server + rpc client), order-grpc
+        return spans if len(spans) >= 5 and services >= EXPECTED_SERVICES else None
+
+    spans = wait_for(complete, what="the order's trace")
+    return {"trace_id": trace_id, "parent": parent, "spans": spans, "order": r.json()}
+
+
+def test_up_was_healthy_within_ten_seconds(stack: Stack):
+    assert stack.up_seconds <= 10, f"./d11 up --detach took {stack.up_seconds:.1f}s"
+
+
+def test_status_json_lists_every_service_healthy(stack: Stack):
+    rows = json.loads(stack.d11("status", "--json").stdout)
+    assert {r["name"] for r in rows} == {h.name for h in stack.topology.hosts}
+    for row in rows:
+        assert {"name", "role", "address", "port", "protocol", "pid", "healthy"} <= set(row)
+        assert row["healthy"] is True and row["pid"] > 0, row
+        assert row["rss_bytes"] > 0
+
+
+def test_one_trace_covers_every_hop(traced_order):
+    spans = traced_order["spans"]
+    by_id = {s["span_id"]: s for s in spans}
+    (root,) = [s for s in spans if s["parent_span_id"] not in by_id]
+    # The gateway continued the client's trace rather than starting its own.
+    assert root["parent_span_id"] == traced_order["parent"]
+    assert root["service"] == "gateway" and root["kind"] == "SERVER"
+
+    def chain(span):
+        while span is not None:
+            yield span
+            span = by_id.get(span["parent_span_id"])
+
+    leaf = next(s for s in spans if s["service"] == "order-grpc" and s["kind"] == "SERVER")
+    path = [(re.sub(r"-\d+$", "", s["service"]), s["kind"]) for s in reversed(list(chain(leaf)))]
+    assert path == [
+        ("gateway", "SERVER"),
+        ("gateway", "CLIENT"),
+        ("controller", "SERVER"),
+        ("controller", "CLIENT"),
+        ("order-grpc", "SERVER"),
+    ]
+    assert leaf["attributes"]["rpc.method"] == "PlaceOrder"
+    # Children start inside their parents.
+    for span in spans:
+        parent = by_id.get(span["parent_span_id"])
+        if parent:
+            assert parent["start_ns"] <= span["start_ns"] <= span["end_ns"] <= parent["end_ns"]
+
+
+def test_d11_trace_draws_the_waterfall(stack: Stack, traced_order):
+    out = stack.d11("trace", traced_order["trace_id"]).stdout
+    assert f"trace {traced_order['trace_id']}" in out
+    for span in traced_order["spans"]:
+        assert span["name"] in out
+    assert "order-grpc" in out and "controller-" in out and "gateway" in out
+    assert stack.d11("trace", "0" * 31 + "1", check=False).returncode == 1
+
+
+def _dump_dom(url: str, tmp_path) -> str:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "chromium is required (Debian package 'chromium'; .ci/run installs it)"
+    result = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_web_viewer_renders_the_trace_in_chromium(stack: Stack, traced_order, tmp_path):
+    trace_id = traced_order["trace_id"]
+    dom = _dump_dom(stack.url("collector", f"/traces/{trace_id}"), tmp_path)
+    assert 'id="waterfall"' in dom
+    for span in traced_order["spans"]:
+        assert f'data-span-id="{span["span_id"]}"' in dom, span["name"]
+    assert f"trace {trace_id} · {len(traced_order['spans'])} spans" in dom
+
+    listing = _dump_dom(stack.url("collector", "/"), tmp_path)
+    assert f'data-trace-id="{trace_id}"' in listing

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from infra import topology
+from infra.config import ConfigError, Settings
+
+
+def test_shipped_topology_is_valid_and_uses_the_role_vocabulary():
+    t = topology.load()
+    assert {h.role for h in t.hosts} <= topology.ROLES
+    assert t.by_role("collector"), "traces need a collector"
+    for host in t.hosts:
+        assert host.address.startswith("127."), host
+
+
+def test_references_expand_to_address_and_port():
+    t = topology.load()
+    gw = t.environment(t.host("gateway"))
+    c1, c2 = t.host("controller-1"), t.host("controller-2")
+    assert gw["D11_UPSTREAMS"] == f"{c1.address}:{c1.port},{c2.address}:{c2.port}"
+    assert t.expand("${gateway.address}|${gateway.port}") == "127.10.0.10|8080"
+
+
+def _write(tmp_path, hosts):
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump({"hosts": hosts}))
+    return path
+
+
+HOST = {"name": "a", "role": "gateway", "address": "127.1.0.1", "port": 1, "module": "gateway"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"role": "load-balancer"}, "unknown role"),
+        ({"protocol": "smtp"}, "unknown protocol"),
+        ({"address": "localhost"}, "bad address"),
+        ({"port": "eighty"}, "invalid literal"),
+        ({"env": {"X": "${nowhere}"}}, "unknown host"),
+    ],
+)
+def test_bad_topologies_are_refused_with_the_reason(tmp_path, change, message):
+    with pytest.raises(topology.TopologyError, match=message):
+        topology.load(_write(tmp_path, [{**HOST, **change}]))
+
+
+def test_two_hosts_on_one_listener_are_refused(tmp_path):
+    with pytest.raises(topology.TopologyError, match=r"both listen on 127\.1\.0\.1:1"):
+        topology.load(_write(tmp_path, [HOST, {**HOST, "name": "b"}]))
+
+
+def test_settings_come_from_d11_variables():
+    env = {"D11_SERVICE": "x", "D11_PORT": "81", "D11_UPSTREAMS": "a:1, b:2", "D11_T": "0.5"}
+    s = Settings.from_env(env, name="d", role="gateway", port=80)
+    assert (s.name, s.role, s.port) == ("x", "gateway", 81)
+    assert s.get_list("UPSTREAMS") == ["a:1", "b:2"]
+    assert s.get_float("T", 1.0) == 0.5
+    with pytest.raises(ConfigError, match="D11_MISSING"):
+        s.get("MISSING")
+    with pytest.raises(ConfigError, match="D11_PORT"):
+        Settings.from_env({"D11_PORT": "x"}, name="d", role="gateway", port=80)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from infra.procs import (
     proc_start_time,
     terminate_group,
 )
-from infra.service import EXIT_PORT_IN_USE
+from infra.service import EXIT_PORT_IN_USE, is_addr_in_use
 from infra.topology import Host, Topology
 
 DEFAULT_RUN_DIR = ROOT / ".run"
@@ -41,6 +42,22 @@ def run_dir() -> Path:
 class Started:
     host: Host
     process: subprocess.Popen[bytes]
+
+
+def check_free(host: Host) -> None:
+    """Fail before starting anything when a host's address:port is taken (by another
+    ./d11 up, say): a health probe would otherwise be answered by the other process."""
+    for port in filter(None, (host.port, host.metrics_port)):
+        with socket.socket(socket.AF_INET6 if ":" in host.address else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host.address, port))
+            except OSError as exc:
+                reason = "address already in use" if is_addr_in_use(exc) else exc.strerror
+                raise LaunchError(
+                    f"{host.name} cannot listen on {host.address}:{port}: {reason}"
+                    " (is another ./d11 up running? ./d11 down stops it)"
+                ) from None
 
 
 class Launcher:
@@ -118,11 +135,17 @@ class Launcher:
         """Start the named hosts (default: all) not already running; wait until healthy."""
         wanted = self._select(names)
         already = self.running()
-        started = [
-            self.spawn(h, tie_to_launcher=tie_to_launcher) for h in wanted if h.name not in already
-        ]
+        to_start = [h for h in wanted if h.name not in already]
+        for host in to_start:
+            check_free(host)
+        started = [self.spawn(h, tie_to_launcher=tie_to_launcher) for h in to_start]
         try:
             asyncio.run(self._wait_healthy(wanted, started, timeout))
+            # Healthy answers must have come from our processes, not from someone else's.
+            for s in started:
+                code = s.process.poll()
+                if code is not None:
+                    raise LaunchError(self._exit_message(s.host, code))
         except BaseException:
             for s in started:
                 self._stop_one(s.host.name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -68,6 +69,7 @@ def run(build: Builder, *, name: str, role: str, port: int, grace: float = 5.0) 
         print(f"{name}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
     setup_logging(settings.name, settings.log_level)
+    _raise_fd_limit()
     provider = setup_tracing(settings)
     try:
         import uvloop
@@ -91,6 +93,13 @@ def run(build: Builder, *, name: str, role: str, port: int, grace: float = 5.0) 
         provider.shutdown()  # flushes spans still queued for export
     if code:
         raise SystemExit(code)
+
+
+def _raise_fd_limit() -> None:
+    """A flash sale is thousands of sockets: use the hard limit, not the 1024 soft default."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def _serve(ctx: Context, build: Builder, grace: float) -> None:

@@ -1,28 +1,46 @@
-"""The order domain used by every order-service protocol.
+"""The order domain every order-service protocol (SOAP, Dubbo, gRPC) serves.
 
-Walking-skeleton version: orders live in memory, validated and idempotent by key. The
-place-order saga (inventory, coupon, durable store) replaces the storage behind this same
-interface.
+Placing an order is a saga over three owners of data:
+
+1. record the order PENDING in the order store (keyed by its idempotency key);
+2. reserve stock at the inventory service (reservation id = order id);
+3. redeem the coupon, if any, at the coupon service (redemption id = order id);
+4. mark the order CONFIRMED: this commit is the acknowledgement the client gets;
+5. afterwards, commit the reservation so it no longer expires.
+
+A failure in 2-3 marks the order REJECTED and compensates: release the reservation and the
+redemption (both idempotent, both leaving tombstones when the original never arrived).
+Steps that are owed after a crash are paid by :class:`Sweeper`, so no acknowledged order
+is lost and no stock leaks. Cancelling a CONFIRMED order restocks and releases the coupon.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
-import time
+import contextlib
+import hashlib
+import json
+import logging
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
+from pathlib import Path
 
-from rpc.errors import Code, OrderError
+from infra.config import Settings
+from infra.db import ThreadOwned
+from infra.service import Component
+from infra.telemetry import tracer
+from rpc.client import GrpcClient
+from rpc.errors import Code, DomainError
+from rpc.proto import coupon_pb2, coupon_pb2_grpc, inventory_pb2, inventory_pb2_grpc
+from services import catalog
+from services.order_store import OrderRow, OrderStore, now_ms
+
+log = logging.getLogger("d11.orders")
 
 MAX_LINES = 50
 MAX_QUANTITY = 1000
-
-
-class Status(enum.Enum):
-    PENDING = "PENDING"
-    CONFIRMED = "CONFIRMED"
-    CANCELLED = "CANCELLED"
+RESERVATION_TTL_S = 300
+FINAL = ("CONFIRMED", "CANCELLED", "REJECTED")
 
 
 @dataclass(frozen=True)
@@ -39,96 +57,343 @@ class PlaceOrder:
     lines: tuple[Line, ...]
     coupon_code: str = ""
 
-
-@dataclass(frozen=True)
-class Order:
-    order_id: str
-    user_id: str
-    lines: tuple[Line, ...]
-    coupon_code: str
-    status: Status
-    total_cents: int
-    discount_cents: int
-    idempotency_key: str
-    created_at_ms: int
-    updated_at_ms: int
-    history: tuple[tuple[Status, int], ...] = field(default=())
-
-    def __str__(self) -> str:
-        lines = ", ".join(f"{ln.quantity}x#{ln.item_id}" for ln in self.lines)
-        return f"order {self.order_id} {self.status.value} user={self.user_id} [{lines}]"
+    def fingerprint(self) -> str:
+        """What makes two requests with one key 'the same request'."""
+        body = {
+            "user": self.user_id,
+            "lines": sorted((ln.item_id, ln.quantity) for ln in self.lines),
+            "coupon": self.coupon_code,
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def validate(request: PlaceOrder) -> None:
-    if not request.idempotency_key or len(request.idempotency_key) > 128:
-        raise OrderError(Code.INVALID_ARGUMENT, "idempotency_key must be 1-128 characters")
-    if not request.user_id or len(request.user_id) > 64:
-        raise OrderError(Code.INVALID_ARGUMENT, "user_id must be 1-64 characters")
+def validate(request: PlaceOrder) -> tuple[Line, ...]:
+    """Check the request and price its lines from the catalogue (never from the client)."""
+    if not 1 <= len(request.idempotency_key) <= 128:
+        raise DomainError(Code.INVALID_ARGUMENT, "idempotency_key must be 1-128 characters")
+    if not 1 <= len(request.user_id) <= 64:
+        raise DomainError(Code.INVALID_ARGUMENT, "user_id must be 1-64 characters")
+    if len(request.coupon_code) > 64:
+        raise DomainError(Code.INVALID_ARGUMENT, "coupon_code is at most 64 characters")
     if not 1 <= len(request.lines) <= MAX_LINES:
-        raise OrderError(Code.INVALID_ARGUMENT, f"an order has 1-{MAX_LINES} lines")
+        raise DomainError(Code.INVALID_ARGUMENT, f"an order has 1-{MAX_LINES} lines")
+    priced = []
     for line in request.lines:
-        if line.item_id <= 0:
-            raise OrderError(Code.INVALID_ARGUMENT, f"item_id {line.item_id} is not positive")
         if not 1 <= line.quantity <= MAX_QUANTITY:
-            raise OrderError(Code.INVALID_ARGUMENT, f"quantity must be 1-{MAX_QUANTITY}")
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class OrderBook:
-    def __init__(self) -> None:
-        self._orders: dict[str, Order] = {}
-        self._by_key: dict[str, tuple[PlaceOrder, str]] = {}
-        self._lock = asyncio.Lock()
-
-    async def place(self, request: PlaceOrder) -> Order:
-        validate(request)
-        async with self._lock:
-            seen = self._by_key.get(request.idempotency_key)
-            if seen is not None:
-                if seen[0] != request:
-                    raise OrderError(
-                        Code.CONFLICT, "idempotency key already used for a different order"
-                    )
-                return self._orders[seen[1]]
-            now = _now_ms()
-            total = sum(line.quantity * line.unit_price_cents for line in request.lines)
-            order = Order(
-                order_id=uuid.uuid4().hex,
-                user_id=request.user_id,
-                lines=request.lines,
-                coupon_code=request.coupon_code,
-                status=Status.CONFIRMED,
-                total_cents=total,
-                discount_cents=0,
-                idempotency_key=request.idempotency_key,
-                created_at_ms=now,
-                updated_at_ms=now,
-                history=((Status.PENDING, now), (Status.CONFIRMED, now)),
+            raise DomainError(Code.INVALID_ARGUMENT, f"quantity must be 1-{MAX_QUANTITY}")
+        if line.item_id <= 0:
+            raise DomainError(Code.INVALID_ARGUMENT, f"item_id {line.item_id} is not positive")
+        item = catalog.get(line.item_id)
+        if item is None:
+            raise DomainError(
+                Code.UNPROCESSABLE, f"no item {line.item_id}", {"item_id": line.item_id}
             )
-            self._orders[order.order_id] = order
-            self._by_key[request.idempotency_key] = (request, order.order_id)
-            return order
+        priced.append(Line(line.item_id, line.quantity, item.price_cents))
+    return tuple(priced)
 
-    async def get(self, order_id: str) -> Order:
+
+def outcome(row: OrderRow) -> OrderRow:
+    """A placed order as the client sees it: the order, or the error that ended it."""
+    if row.status == "REJECTED":
         try:
-            return self._orders[order_id]
-        except KeyError:
-            raise OrderError(Code.NOT_FOUND, f"no order {order_id!r}") from None
+            code = Code(row.reason_code)
+        except ValueError:
+            code = Code.INTERNAL
+        raise DomainError(code, row.reason, {"order_id": row.order_id})
+    return row
 
-    async def cancel(self, order_id: str) -> Order:
-        async with self._lock:
-            order = await self.get(order_id)
-            if order.status is Status.CANCELLED:
-                return order
-            now = _now_ms()
-            order = replace(
-                order,
-                status=Status.CANCELLED,
-                updated_at_ms=now,
-                history=(*order.history, (Status.CANCELLED, now)),
+
+class Orders:
+    """The order domain: saga, reads, cancellation. Protocol servers call this."""
+
+    def __init__(
+        self,
+        store: ThreadOwned[OrderStore],
+        inventory: GrpcClient[inventory_pb2_grpc.InventoryServiceStub],
+        coupons: GrpcClient[coupon_pb2_grpc.CouponServiceStub],
+        owner: str,
+        default_timeout: float = 2.0,
+    ) -> None:
+        self.store, self.inventory, self.coupons = store, inventory, coupons
+        self.owner = owner
+        self.default_timeout = default_timeout
+        # Requests with one key arriving together in this process wait for the first.
+        self._inflight: dict[str, tuple[str, asyncio.Future[OrderRow | DomainError]]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- place -------------------------------------------------------------------------
+    async def place(self, request: PlaceOrder, timeout: float | None = None) -> OrderRow:
+        lines = validate(request)
+        fingerprint = request.fingerprint()
+        key = request.idempotency_key
+        if key in self._inflight:
+            their_fingerprint, future = self._inflight[key]
+            if their_fingerprint != fingerprint:
+                raise DomainError(Code.CONFLICT, "idempotency key already used for another order")
+            result = await asyncio.shield(future)
+            if isinstance(result, DomainError):
+                raise result
+            return outcome(result)
+        future: asyncio.Future[OrderRow | DomainError] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = (fingerprint, future)
+        try:
+            row = await self._saga(request, lines, fingerprint, timeout or self.default_timeout)
+        except DomainError as error:
+            future.set_result(error)
+            raise
+        except BaseException as error:
+            future.set_result(DomainError(Code.INTERNAL, f"order failed: {error!r}"))
+            raise
+        else:
+            future.set_result(row)
+        finally:
+            del self._inflight[key]
+        return outcome(row)
+
+    async def _saga(
+        self, request: PlaceOrder, lines: tuple[Line, ...], fingerprint: str, timeout: float
+    ) -> OrderRow:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        now = now_ms()
+        draft = OrderRow(
+            order_id=uuid.uuid4().hex,
+            idempotency_key=request.idempotency_key,
+            request_hash=fingerprint,
+            user_id=request.user_id,
+            coupon_code=request.coupon_code,
+            status="PENDING",
+            reason_code="",
+            reason="",
+            total_cents=sum(ln.quantity * ln.unit_price_cents for ln in lines),
+            discount_cents=0,
+            owner=self.owner,
+            # Past this, a sweeper may give the order up (this saga is surely gone by then).
+            lease_until_ms=now + int(timeout * 1000) + 5000,
+            finalized=0,
+            created_at_ms=now,
+            updated_at_ms=now,
+            lines=tuple((ln.item_id, ln.quantity, ln.unit_price_cents) for ln in lines),
+        )
+        row, created = await self.store.run(OrderStore.begin, draft)
+        if not created:
+            if row.request_hash != fingerprint:
+                raise DomainError(Code.CONFLICT, "idempotency key already used for another order")
+            return await self._settled(row.order_id, deadline)
+        order_id = row.order_id
+
+        def left() -> float:
+            return deadline - loop.time()
+
+        # 2. stock
+        try:
+            reservation = await self.inventory.call(
+                "Reserve",
+                inventory_pb2.ReserveRequest(
+                    reservation_id=order_id,
+                    ttl_seconds=RESERVATION_TTL_S,
+                    lines=[inventory_pb2.StockLine(item_id=i, quantity=q) for i, q, _ in row.lines],
+                ),
+                timeout=left(),
+                retries=1,
             )
-            self._orders[order_id] = order
-            return order
+        except DomainError as error:
+            # A refusal decided nothing; anything else may have reserved: compensate.
+            decided = error.code in (Code.SOLD_OUT, Code.UNPROCESSABLE, Code.INVALID_ARGUMENT)
+            return await self._reject(order_id, error, owed=not decided)
+        if reservation.state not in (inventory_pb2.RESERVED, inventory_pb2.COMMITTED):
+            error = DomainError(Code.UNAVAILABLE, "the stock reservation was already released")
+            return await self._reject(order_id, error, owed=True)
+
+        # 3. coupon
+        discount = 0
+        if row.coupon_code:
+            try:
+                redemption = await self.coupons.call(
+                    "Redeem",
+                    coupon_pb2.RedeemRequest(
+                        redemption_id=order_id,
+                        code=row.coupon_code,
+                        user_id=row.user_id,
+                        order_total_cents=row.total_cents,
+                    ),
+                    timeout=left(),
+                    retries=1,
+                )
+            except DomainError as error:
+                return await self._reject(order_id, error, owed=True)
+            if redemption.state != coupon_pb2.REDEEMED:
+                error = DomainError(Code.UNAVAILABLE, "the coupon redemption was already released")
+                return await self._reject(order_id, error, owed=True)
+            discount = redemption.discount_cents
+
+        # 4. the acknowledgement
+        confirmed = await self.store.run(
+            OrderStore.transition,
+            order_id,
+            ("PENDING",),
+            "CONFIRMED",
+            note="stock reserved" + (", coupon redeemed" if discount else ""),
+            discount_cents=discount,
+        )
+        if confirmed:
+            self._finalize_soon(order_id)
+        return await self._settled(order_id, deadline)
+
+    async def _reject(self, order_id: str, error: DomainError, *, owed: bool) -> OrderRow:
+        await self.store.run(
+            OrderStore.transition,
+            order_id,
+            ("PENDING",),
+            "REJECTED",
+            note=error.message,
+            finalized=0 if owed else 1,
+            reason_code=error.code.value,
+            reason=error.message,
+        )
+        if owed:
+            self._finalize_soon(order_id)
+        row = await self.store.run(OrderStore.get, order_id)
+        assert row is not None
+        return row
+
+    async def _settled(self, order_id: str, deadline: float) -> OrderRow:
+        """The order once it has left PENDING (another process may still be placing it)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            row = await self.store.run(OrderStore.get, order_id)
+            assert row is not None
+            if row.status != "PENDING":
+                return row
+            if loop.time() > deadline:
+                raise DomainError(Code.UNAVAILABLE, "the order is still being placed; retry")
+            await asyncio.sleep(0.02)
+
+    # -- read / cancel -----------------------------------------------------------------
+    async def get(self, order_id: str) -> OrderRow:
+        row = await self.store.run(OrderStore.get, order_id) if len(order_id) <= 64 else None
+        if row is None:
+            raise DomainError(Code.NOT_FOUND, f"no order {order_id!r}")
+        return row
+
+    async def list(self, user_id: str, limit: int = 20) -> list[OrderRow]:
+        return await self.store.run(OrderStore.by_user, user_id, max(1, min(limit, 100)))
+
+    async def cancel(self, order_id: str, reason: str = "") -> OrderRow:
+        row = await self.get(order_id)
+        if row.status == "CANCELLED":
+            return row
+        if row.status != "CONFIRMED":
+            raise DomainError(Code.CONFLICT, f"a {row.status} order cannot be cancelled")
+        changed = await self.store.run(
+            OrderStore.transition,
+            order_id,
+            ("CONFIRMED",),
+            "CANCELLED",
+            note=reason or "cancelled by the customer",
+            reason_code="",
+            reason=reason[:200],
+        )
+        if changed:
+            self._finalize_soon(order_id)
+        return await self.get(order_id)
+
+    # -- what is owed after the answer ---------------------------------------------------
+    def _finalize_soon(self, order_id: str) -> None:
+        task = asyncio.create_task(self.finalize(order_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def finalize(self, order_id: str) -> None:
+        """Pay what an order owes elsewhere, by its current status. Idempotent; on failure
+        the sweeper tries again later."""
+        row = await self.store.run(OrderStore.get, order_id)
+        if row is None or row.finalized or row.status == "PENDING":
+            return
+        # Runs after the answer was sent: its span may outlive the request's.
+        attributes = {"order.id": order_id, "order.status": row.status, "d11.after_response": True}
+        with tracer().start_as_current_span("order.finalize", attributes=attributes):
+            await self._finalize(row)
+
+    async def _finalize(self, row: OrderRow) -> None:
+        order_id = row.order_id
+        ref = inventory_pb2.ReservationRef(reservation_id=order_id)
+        try:
+            if row.status == "CONFIRMED":
+                await self.inventory.call("Commit", ref, retries=2)
+            else:  # REJECTED: compensate; CANCELLED: give back
+                method = "Restock" if row.status == "CANCELLED" else "Release"
+                await self.inventory.call(method, ref, retries=2)
+                if row.coupon_code:
+                    await self.coupons.call(
+                        "Release", coupon_pb2.RedemptionRef(redemption_id=order_id), retries=2
+                    )
+        except DomainError as error:
+            log.warning(
+                "finalizing %s failed, will retry",
+                order_id,
+                extra={"order_id": order_id, "status": row.status, "error": str(error)},
+            )
+            return
+        await self.store.run(OrderStore.mark_finalized, order_id, row.status)
+
+    async def drain(self) -> None:
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+
+
+class Sweeper:
+    """Recovery: at start-up, give up this instance's PENDING orders (it just restarted,
+    so their sagas are gone); then, every ``interval``, give up PENDING orders whose lease
+    ran out and pay whatever any order still owes. A component."""
+
+    def __init__(self, orders: Orders, interval: float = 1.0) -> None:
+        self.orders, self.interval = orders, interval
+        self.task: asyncio.Task[None] | None = None
+
+    async def sweep(self, *, startup: bool = False) -> None:
+        store = self.orders.store
+        owner = self.orders.owner if startup else None
+        for order_id in await store.run(OrderStore.abandoned, owner, now_ms()):
+            error = DomainError(Code.UNAVAILABLE, "the order service stopped while placing it")
+            await self.orders._reject(order_id, error, owed=True)
+            log.warning("gave up an abandoned order", extra={"order_id": order_id})
+        # Leave fresh ones to the finalizer started by the saga itself.
+        for order_id, _, _ in await store.run(OrderStore.owed, now_ms() - 500):
+            await self.orders.finalize(order_id)
+
+    async def start(self) -> None:
+        await self.sweep(startup=True)
+        self.task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("sweep failed")
+
+    async def stop(self, grace: float) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self.orders.drain()
+
+
+def domain(settings: Settings) -> tuple[Orders, list[Component]]:
+    """The order domain as every order service runs it, and the components to start
+    before the protocol server (in order: store, clients, recovery)."""
+    path = Path(
+        settings.get("ORDER_DB", str(settings.run_dir / "data" / "orders" / "orders.sqlite3"))
+    )
+    store = ThreadOwned(lambda: OrderStore(path), "order-db")
+    timeout = settings.get_float("DOWNSTREAM_TIMEOUT", 2.0)
+    inventory = GrpcClient(
+        settings.get("INVENTORY"), inventory_pb2_grpc.InventoryServiceStub, timeout
+    )
+    coupons = GrpcClient(settings.get("COUPON"), coupon_pb2_grpc.CouponServiceStub, timeout)
+    orders = Orders(store, inventory, coupons, owner=settings.name)
+    sweeper = Sweeper(orders, settings.get_float("SWEEP_INTERVAL", 1.0))
+    return orders, [store, inventory, coupons, sweeper]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -90,5 +89,13 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1, what: str 
         time.sleep(interval)
 
 
-def python() -> str:
-    return sys.executable
+def set_stock(stack: Stack, item_id: int, available: int) -> None:
+    """Give a test its own stock level (other tests, and schemathesis, order items too)."""
+    import grpc
+
+    from rpc.proto import inventory_pb2, inventory_pb2_grpc
+
+    with grpc.insecure_channel(stack.topology.host("inventory").endpoint) as channel:
+        inventory_pb2_grpc.InventoryServiceStub(channel).SetStock(
+            inventory_pb2.SetStockRequest(item_id=item_id, available=available), timeout=5
+        )

@@ -8,18 +8,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
 from infra.collector import otlp
 from infra.collector.store import SpanStore
+from infra.db import ThreadOwned
 from infra.http import HttpServer, make_app
 from infra.service import Component, Context, run
 
@@ -28,35 +26,11 @@ VIEWER = Path(__file__).with_name("viewer.html")
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-class Storage:
-    """The store behind a single worker thread (a component: opened at start)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spanstore")
-        self.store: SpanStore | None = None
-
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self.pool, lambda: getattr(self.store, method)(*args, **kwargs)
-        )
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.store = await loop.run_in_executor(self.pool, SpanStore, self.path)
-
-    async def stop(self, grace: float) -> None:
-        if self.store is not None:
-            await self.call("close")
-        self.pool.shutdown(wait=True)
-
-
 def _json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def routes(storage: Storage) -> web.RouteTableDef:
+def routes(storage: ThreadOwned[SpanStore]) -> web.RouteTableDef:
     api = web.RouteTableDef()
 
     @api.post("/v1/traces")
@@ -71,7 +45,7 @@ def routes(storage: Storage) -> web.RouteTableDef:
             return _json_error(413, f"body over {MAX_BODY} bytes")
         except otlp.MalformedPayload as exc:
             return _json_error(400, str(exc))
-        await storage.call("add", records)
+        await storage.run(SpanStore.add, records)
         message = f"{rejected} span(s) with invalid ids or times" if rejected else ""
         return web.Response(
             body=otlp.response(rejected, message, content_type), content_type=content_type
@@ -89,8 +63,8 @@ def routes(storage: Storage) -> web.RouteTableDef:
             if not sep or not key:
                 return _json_error(400, "attr must be KEY=VALUE")
             attribute = (key, value)
-        found = await storage.call(
-            "traces",
+        found = await storage.run(
+            SpanStore.traces,
             service=request.query.get("service") or None,
             attribute=attribute,
             limit=limit,
@@ -102,7 +76,7 @@ def routes(storage: Storage) -> web.RouteTableDef:
         trace_id = request.match_info["trace_id"].lower()
         if not TRACE_ID.match(trace_id):
             return _json_error(400, "a trace id is 32 hex digits")
-        spans = await storage.call("trace", trace_id)
+        spans = await storage.run(SpanStore.trace, trace_id)
         if not spans:
             return _json_error(404, f"no trace {trace_id}")
         return web.json_response({"trace_id": trace_id, "spans": spans})
@@ -117,7 +91,8 @@ def routes(storage: Storage) -> web.RouteTableDef:
 
 async def build(ctx: Context) -> Sequence[Component]:
     s = ctx.settings
-    storage = Storage(s.data_dir / "spans.sqlite3")
+    path = s.data_dir / "spans.sqlite3"
+    storage = ThreadOwned(lambda: SpanStore(path), "spanstore")
     app = make_app(ctx, client_max_size=MAX_BODY)
     app.add_routes(routes(storage))
     return [storage, HttpServer(app, s.address, s.port)]

@@ -1,14 +1,14 @@
-"""Span storage in SQLite. Synchronous on purpose: the app runs every call on one worker
-thread, so the event loop never waits on the disk and writes never interleave."""
+"""Span storage in SQLite. Synchronous on purpose: the app runs it on its own thread
+(``infra.db.ThreadOwned``), so the event loop never waits on the disk."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 from infra.collector.otlp import SpanRecord
+from infra.db import connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spans (
@@ -37,9 +37,7 @@ _COLUMNS = (
 
 class SpanStore:
     def __init__(self, path: Path | str) -> None:
-        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db = connect(path)
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:

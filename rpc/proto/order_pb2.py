@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15rpc/proto/order.proto\x12\x0c\x64\x31\x31.order.v1\"H\n\tOrderLine\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x18\n\x10unit_price_cents\x18\x03 \x01(\x03\"z\n\x11PlaceOrderRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12&\n\x05lines\x18\x03 \x03(\x0b\x32\x17.d11.order.v1.OrderLine\x12\x13\n\x0b\x63oupon_code\x18\x04 \x01(\t\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"6\n\x12\x43\x61ncelOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x86\x02\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12&\n\x05lines\x18\x03 \x03(\x0b\x32\x17.d11.order.v1.OrderLine\x12\x13\n\x0b\x63oupon_code\x18\x04 \x01(\t\x12)\n\x06status\x18\x05 \x01(\x0e\x32\x19.d11.order.v1.OrderStatus\x12\x13\n\x0btotal_cents\x18\x06 \x01(\x03\x12\x16\n\x0e\x64iscount_cents\x18\x07 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\x15\n\rcreated_at_ms\x18\t \x01(\x03\x12\x15\n\rupdated_at_ms\x18\n \x01(\x03\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\"/\n\tEchoReply\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x11\n\tserved_by\x18\x02 \x01(\t*V\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\r\n\tCONFIRMED\x10\x02\x12\r\n\tCANCELLED\x10\x03\x32\x94\x02\n\x0cOrderService\x12\x42\n\nPlaceOrder\x12\x1f.d11.order.v1.PlaceOrderRequest\x1a\x13.d11.order.v1.Order\x12>\n\x08GetOrder\x12\x1d.d11.order.v1.GetOrderRequest\x1a\x13.d11.order.v1.Order\x12\x44\n\x0b\x43\x61ncelOrder\x12 .d11.order.v1.CancelOrderRequest\x1a\x13.d11.order.v1.Order\x12:\n\x04\x45\x63ho\x12\x19.d11.order.v1.EchoRequest\x1a\x17.d11.order.v1.EchoReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15rpc/proto/order.proto\x12\x0c\x64\x31\x31.order.v1\"H\n\tOrderLine\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x18\n\x10unit_price_cents\x18\x03 \x01(\x03\"z\n\x11PlaceOrderRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12&\n\x05lines\x18\x03 \x03(\x0b\x32\x17.d11.order.v1.OrderLine\x12\x13\n\x0b\x63oupon_code\x18\x04 \x01(\t\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"6\n\x12\x43\x61ncelOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"3\n\x11ListOrdersRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"6\n\x0fListOrdersReply\x12#\n\x06orders\x18\x01 \x03(\x0b\x32\x13.d11.order.v1.Order\"V\n\x0cStatusChange\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.d11.order.v1.OrderStatus\x12\r\n\x05\x61t_ms\x18\x02 \x01(\x03\x12\x0c\n\x04note\x18\x03 \x01(\t\"\xc3\x02\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12&\n\x05lines\x18\x03 \x03(\x0b\x32\x17.d11.order.v1.OrderLine\x12\x13\n\x0b\x63oupon_code\x18\x04 \x01(\t\x12)\n\x06status\x18\x05 \x01(\x0e\x32\x19.d11.order.v1.OrderStatus\x12\x13\n\x0btotal_cents\x18\x06 \x01(\x03\x12\x16\n\x0e\x64iscount_cents\x18\x07 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\x15\n\rcreated_at_ms\x18\t \x01(\x03\x12\x15\n\rupdated_at_ms\x18\n \x01(\x03\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12+\n\x07history\x18\x0c \x03(\x0b\x32\x1a.d11.order.v1.StatusChange\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\"/\n\tEchoReply\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x11\n\tserved_by\x18\x02 \x01(\t*d\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\r\n\tCONFIRMED\x10\x02\x12\r\n\tCANCELLED\x10\x03\x12\x0c\n\x08REJECTED\x10\x04\x32\xe2\x02\n\x0cOrderService\x12\x42\n\nPlaceOrder\x12\x1f.d11.order.v1.PlaceOrderRequest\x1a\x13.d11.order.v1.Order\x12>\n\x08GetOrder\x12\x1d.d11.order.v1.GetOrderRequest\x1a\x13.d11.order.v1.Order\x12\x44\n\x0b\x43\x61ncelOrder\x12 .d11.order.v1.CancelOrderRequest\x1a\x13.d11.order.v1.Order\x12L\n\nListOrders\x12\x1f.d11.order.v1.ListOrdersRequest\x1a\x1d.d11.order.v1.ListOrdersReply\x12:\n\x04\x45\x63ho\x12\x19.d11.order.v1.EchoRequest\x1a\x17.d11.order.v1.EchoReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rpc.proto.order_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ORDERSTATUS']._serialized_start=676
-  _globals['_ORDERSTATUS']._serialized_end=762
+  _globals['_ORDERSTATUS']._serialized_start=934
+  _globals['_ORDERSTATUS']._serialized_end=1034
   _globals['_ORDERLINE']._serialized_start=39
   _globals['_ORDERLINE']._serialized_end=111
   _globals['_PLACEORDERREQUEST']._serialized_start=113
@@ -41,12 +41,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETORDERREQUEST']._serialized_end=272
   _globals['_CANCELORDERREQUEST']._serialized_start=274
   _globals['_CANCELORDERREQUEST']._serialized_end=328
-  _globals['_ORDER']._serialized_start=331
-  _globals['_ORDER']._serialized_end=593
-  _globals['_ECHOREQUEST']._serialized_start=595
-  _globals['_ECHOREQUEST']._serialized_end=625
-  _globals['_ECHOREPLY']._serialized_start=627
-  _globals['_ECHOREPLY']._serialized_end=674
-  _globals['_ORDERSERVICE']._serialized_start=765
-  _globals['_ORDERSERVICE']._serialized_end=1041
+  _globals['_LISTORDERSREQUEST']._serialized_start=330
+  _globals['_LISTORDERSREQUEST']._serialized_end=381
+  _globals['_LISTORDERSREPLY']._serialized_start=383
+  _globals['_LISTORDERSREPLY']._serialized_end=437
+  _globals['_STATUSCHANGE']._serialized_start=439
+  _globals['_STATUSCHANGE']._serialized_end=525
+  _globals['_ORDER']._serialized_start=528
+  _globals['_ORDER']._serialized_end=851
+  _globals['_ECHOREQUEST']._serialized_start=853
+  _globals['_ECHOREQUEST']._serialized_end=883
+  _globals['_ECHOREPLY']._serialized_start=885
+  _globals['_ECHOREPLY']._serialized_end=932
+  _globals['_ORDERSERVICE']._serialized_start=1037
+  _globals['_ORDERSERVICE']._serialized_end=1391
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,11 @@ class OrderServiceStub:
                 request_serializer=rpc_dot_proto_dot_order__pb2.CancelOrderRequest.SerializeToString,
                 response_deserializer=rpc_dot_proto_dot_order__pb2.Order.FromString,
                 _registered_method=True)
+        self.ListOrders = channel.unary_unary(
+                '/d11.order.v1.OrderService/ListOrders',
+                request_serializer=rpc_dot_proto_dot_order__pb2.ListOrdersRequest.SerializeToString,
+                response_deserializer=rpc_dot_proto_dot_order__pb2.ListOrdersReply.FromString,
+                _registered_method=True)
         self.Echo = channel.unary_unary(
                 '/d11.order.v1.OrderService/Echo',
                 request_serializer=rpc_dot_proto_dot_order__pb2.EchoRequest.SerializeToString,
@@ -78,6 +83,12 @@ class OrderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListOrders(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Echo(self, request, context):
         """Round trip for health checks and protocol comparisons.
         """
@@ -102,6 +113,11 @@ def add_OrderServiceServicer_to_server(servicer, server):
                     servicer.CancelOrder,
                     request_deserializer=rpc_dot_proto_dot_order__pb2.CancelOrderRequest.FromString,
                     response_serializer=rpc_dot_proto_dot_order__pb2.Order.SerializeToString,
+            ),
+            'ListOrders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOrders,
+                    request_deserializer=rpc_dot_proto_dot_order__pb2.ListOrdersRequest.FromString,
+                    response_serializer=rpc_dot_proto_dot_order__pb2.ListOrdersReply.SerializeToString,
             ),
             'Echo': grpc.unary_unary_rpc_method_handler(
                     servicer.Echo,
@@ -190,6 +206,33 @@ class OrderService:
             '/d11.order.v1.OrderService/CancelOrder',
             rpc_dot_proto_dot_order__pb2.CancelOrderRequest.SerializeToString,
             rpc_dot_proto_dot_order__pb2.Order.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/d11.order.v1.OrderService/ListOrders',
+            rpc_dot_proto_dot_order__pb2.ListOrdersRequest.SerializeToString,
+            rpc_dot_proto_dot_order__pb2.ListOrdersReply.FromString,
             options,
             channel_credentials,
             insecure,

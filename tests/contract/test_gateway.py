@@ -8,7 +8,7 @@ from collections import Counter
 
 import yaml
 
-from tests.conftest import Stack, d11, stack_env
+from tests.conftest import Stack, d11, set_stock, stack_env
 
 
 def test_request_id_is_generated_or_kept(stack: Stack, http):
@@ -38,6 +38,7 @@ def test_unrouted_path_is_404(stack: Stack, http):
 def test_failed_connect_moves_on_to_the_next_upstream(stack: Stack, http, tmp_path):
     # A second gateway whose first upstream has nothing listening.
     live = stack.topology.host("controller-1").endpoint
+    set_stock(stack, 8, 1000)
     spec = {
         "hosts": [
             {
@@ -59,7 +60,7 @@ def test_failed_connect_moves_on_to_the_next_upstream(stack: Stack, http, tmp_pa
         for _ in range(4):
             r = http.post(
                 "http://127.10.9.10:8080/api/orders",
-                json={"user_id": "f", "lines": [{"item_id": 1, "quantity": 1}]},
+                json={"user_id": "f", "lines": [{"item_id": 8, "quantity": 1}]},
                 headers={"Idempotency-Key": secrets.token_hex(8)},
             )
             assert r.status_code == 201, r.text

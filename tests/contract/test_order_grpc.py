@@ -11,11 +11,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from rpc.proto import order_pb2, order_pb2_grpc
-from tests.conftest import Stack
+from services import catalog
+from tests.conftest import Stack, set_stock
+
+ITEM = 2  # items 2-9 are for contract tests; 1 is the flash sale's
 
 
 @pytest.fixture(scope="module")
 def channel(stack: Stack):
+    set_stock(stack, ITEM, 100_000)
+    set_stock(stack, 3, 50)
     with grpc.insecure_channel(stack.topology.host("order-grpc").endpoint) as ch:
         yield ch
 
@@ -25,29 +30,40 @@ def orders(channel) -> order_pb2_grpc.OrderServiceStub:
     return order_pb2_grpc.OrderServiceStub(channel)
 
 
-def place(orders, key: str, user: str = "alice", qty: int = 2) -> order_pb2.Order:
+def place(orders, key: str, user: str = "alice", qty: int = 2, item: int = ITEM, coupon=""):
     return orders.PlaceOrder(
         order_pb2.PlaceOrderRequest(
             idempotency_key=key,
             user_id=user,
-            lines=[order_pb2.OrderLine(item_id=1001, quantity=qty, unit_price_cents=1999)],
+            coupon_code=coupon,
+            lines=[order_pb2.OrderLine(item_id=item, quantity=qty, unit_price_cents=1)],
         ),
         timeout=5,
     )
 
 
+def code_of(info: pytest.ExceptionInfo) -> tuple[grpc.StatusCode, str]:
+    trailing = dict(info.value.trailing_metadata() or ())
+    return info.value.code(), trailing.get("d11-error-code", "")
+
+
 def test_place_get_cancel_round_trip(orders):
     order = place(orders, secrets.token_hex(8))
     assert order.status == order_pb2.CONFIRMED
-    assert order.total_cents == 2 * 1999
+    # Priced from the catalogue, never from the client's unit_price_cents.
+    assert order.total_cents == 2 * catalog.get(ITEM).price_cents
+    assert [h.status for h in order.history] == [order_pb2.PENDING, order_pb2.CONFIRMED]
     assert orders.GetOrder(order_pb2.GetOrderRequest(order_id=order.order_id)) == order
     cancelled = orders.CancelOrder(order_pb2.CancelOrderRequest(order_id=order.order_id))
     assert cancelled.status == order_pb2.CANCELLED
+    assert [h.status for h in cancelled.history][-1] == order_pb2.CANCELLED
+    again = orders.CancelOrder(order_pb2.CancelOrderRequest(order_id=order.order_id))
+    assert again.status == order_pb2.CANCELLED and again.history == cancelled.history
 
 
 def test_same_idempotency_key_returns_the_same_order(orders):
     key = secrets.token_hex(8)
-    assert place(orders, key).order_id == place(orders, key).order_id
+    assert place(orders, key) == place(orders, key)
 
 
 def test_same_key_with_another_body_is_already_exists(orders):
@@ -55,7 +71,37 @@ def test_same_key_with_another_body_is_already_exists(orders):
     place(orders, key, qty=1)
     with pytest.raises(grpc.RpcError) as info:
         place(orders, key, qty=3)
-    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert code_of(info) == (grpc.StatusCode.ALREADY_EXISTS, "conflict")
+
+
+def test_sold_out_is_failed_precondition(orders):
+    with pytest.raises(grpc.RpcError) as info:
+        place(orders, secrets.token_hex(8), qty=51, item=3)
+    assert code_of(info) == (grpc.StatusCode.FAILED_PRECONDITION, "sold-out")
+
+
+def test_unknown_item_and_refused_coupon_are_unprocessable(orders):
+    with pytest.raises(grpc.RpcError) as info:
+        place(orders, secrets.token_hex(8), item=99_999)
+    assert code_of(info) == (grpc.StatusCode.FAILED_PRECONDITION, "unprocessable")
+    with pytest.raises(grpc.RpcError) as info:
+        place(orders, secrets.token_hex(8), coupon="NO-SUCH-COUPON")
+    assert code_of(info) == (grpc.StatusCode.FAILED_PRECONDITION, "unprocessable")
+
+
+def test_coupon_discount_is_applied(orders):
+    order = place(
+        orders, secrets.token_hex(8), user=f"c-{secrets.token_hex(4)}", coupon="D11-10PCT", qty=1
+    )
+    assert order.discount_cents == order.total_cents * 10 // 100
+
+
+def test_list_orders_newest_first(orders):
+    user = f"list-{secrets.token_hex(4)}"
+    first = place(orders, secrets.token_hex(8), user=user)
+    second = place(orders, secrets.token_hex(8), user=user)
+    listed = orders.ListOrders(order_pb2.ListOrdersRequest(user_id=user, limit=10)).orders
+    assert {o.order_id for o in listed} == {first.order_id, second.order_id}
 
 
 @pytest.mark.parametrize("qty", [0, -1, 100_000])
@@ -71,7 +117,20 @@ def test_unknown_order_is_not_found(orders):
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_garbage_message_is_a_status_not_a_crash(channel, orders):
+def test_expired_deadline_is_deadline_exceeded(orders):
+    with pytest.raises(grpc.RpcError) as info:
+        orders.PlaceOrder(
+            order_pb2.PlaceOrderRequest(
+                idempotency_key=secrets.token_hex(8),
+                user_id="slow",
+                lines=[order_pb2.OrderLine(item_id=ITEM, quantity=1)],
+            ),
+            timeout=0.0005,
+        )
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_garbage_message_is_invalid_argument_not_a_crash(channel, orders):
     call = channel.unary_unary("/d11.order.v1.OrderService/PlaceOrder")
     with pytest.raises(grpc.RpcError) as info:
         call(b"\xff\xff\xff\xff\x0f", timeout=5)

@@ -8,12 +8,14 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
 import pytest
 import yaml
 
+from infra import ROOT
 from infra.procs import PidDir
 from tests.conftest import D11, d11, stack_env, wait_for
 
@@ -28,7 +30,11 @@ def write_topology(path, address: str, name: str = "probe-controller") -> None:
                 "port": 8080,
                 "protocol": "http",
                 "module": "services.controller",
-                "env": {"D11_ORDER_GRPC": "127.10.8.99:50051"},
+                "env": {
+                    "D11_ORDER_GRPC": "127.10.8.99:50051",
+                    "D11_INVENTORY": "127.10.8.99:50061",
+                    "D11_COUPON": "127.10.8.99:50062",
+                },
             }
         ]
     }
@@ -86,6 +92,33 @@ def test_taken_port_fails_fast_naming_the_port(solo):
     assert "127.10.8.21:8080" in result.stderr
     assert "address already in use" in result.stderr
     assert took < 8, f"took {took:.1f}s to report a taken port"
+
+
+def test_a_service_on_a_taken_port_exits_98_naming_it(tmp_path):
+    env = stack_env(tmp_path / "run")
+    env.update(
+        D11_ADDRESS="127.10.8.22",
+        D11_PORT="8080",
+        D11_ORDER_GRPC="127.10.8.99:1",
+        D11_INVENTORY="127.10.8.99:2",
+        D11_COUPON="127.10.8.99:3",
+        OTEL_TRACES_EXPORTER="none",
+        PYTHONPATH=str(ROOT),
+    )
+    with socket.socket() as blocker:
+        blocker.bind(("127.10.8.22", 8080))
+        blocker.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "services.controller"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 98
+    assert "cannot listen on 127.10.8.22:8080/tcp: address already in use" in result.stderr
 
 
 def test_down_stops_every_process(solo):

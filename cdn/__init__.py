@@ -1,0 +1,1 @@
+"""The CDN: origin, cache tiers and URL signing."""

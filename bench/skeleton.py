@@ -34,7 +34,7 @@ async def run(url: str, orders: int, concurrency: int, deadline_s: float) -> Non
                 started = time.perf_counter()
                 async with session.post(
                     url,
-                    json={"user_id": "bench", "lines": [{"item_id": 1, "quantity": 1}]},
+                    json={"user_id": "bench", "lines": [{"item_id": 30, "quantity": 1}]},
                     headers={"Idempotency-Key": secrets.token_hex(8)},
                 ) as r:
                     await r.read()

@@ -136,8 +136,8 @@ async def build(ctx: Context) -> Sequence[Component]:
     s = ctx.settings
     upstreams = Upstreams(
         s.get_list("UPSTREAMS"),
-        connect_timeout=s.get_float("CONNECT_TIMEOUT", 1.0),
-        read_timeout=s.get_float("READ_TIMEOUT", 5.0),
+        connect_timeout=s.get_float("CONNECT_TIMEOUT", 5.0),
+        read_timeout=s.get_float("READ_TIMEOUT", 15.0),
     )
     app = make_app(ctx, client_max_size=MAX_BODY)
     app.router.add_route("*", "/api/{tail:.*}", proxy_handler(upstreams))

@@ -17,6 +17,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HOUSEKEEPING = frozenset({"/healthz", "/metrics"})
 
 CTX_KEY: web.AppKey[Context] = web.AppKey("d11_context", Context)
+LISTEN_BACKLOG = 8192
 
 
 def _route_name(request: web.Request) -> str:
@@ -98,9 +99,12 @@ class HttpServer:
             if is_addr_in_use(exc):
                 raise PortInUse(self.address, self.port) from None
             raise
-        sock.listen(1024)
+        # A flash sale is thousands of simultaneous connects: a short accept queue overflows
+        # and the kernel resets them. The kernel caps this at net.core.somaxconn.
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
-        await web.SockSite(self.runner, sock).start()
+        # asyncio calls listen() again with the site's backlog, so it is given here too.
+        await web.SockSite(self.runner, sock, backlog=LISTEN_BACKLOG).start()
 
     async def stop(self, grace: float) -> None:
         if self.runner is not None:

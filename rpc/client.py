@@ -21,10 +21,20 @@ RETRY_BACKOFF_S = 0.05
 class GrpcClient(Generic[S]):
     """A component: the channel opens at start and closes at stop."""
 
-    def __init__(self, target: str, stub: Callable[[grpc.aio.Channel], S], timeout: float):
+    def __init__(
+        self,
+        target: str,
+        stub: Callable[[grpc.aio.Channel], S],
+        timeout: float,
+        *,
+        max_in_flight: int | None = None,
+    ) -> None:
         self.target, self._stub_factory, self.timeout = target, stub, timeout
         self._channel: grpc.aio.Channel | None = None
         self.stub: S | None = None
+        # Backpressure: calls beyond this wait here (within their deadline) instead of
+        # piling up inside the server.
+        self._slots = asyncio.Semaphore(max_in_flight) if max_in_flight else None
 
     async def start(self) -> None:
         self._channel = channel(self.target)
@@ -42,6 +52,20 @@ class GrpcClient(Generic[S]):
         budget = self.timeout if timeout is None else min(timeout, self.timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
+        if self._slots is None:
+            return await self._call(method, request, deadline, retries)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise DomainError(Code.DEADLINE_EXCEEDED, f"{method}: no free slot in time") from None
+        try:
+            return await self._call(method, request, deadline, retries)
+        finally:
+            self._slots.release()
+
+    async def _call(self, method: str, request: Any, deadline: float, retries: int) -> Any:
+        loop = asyncio.get_running_loop()
         attempt = 0
         while True:
             left = deadline - loop.time()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -76,6 +77,7 @@ HTTP_STATUS: dict[Code, int] = {
 }
 
 CODE_METADATA_KEY = "d11-error-code"
+DETAIL_METADATA_KEY = "d11-error-detail"  # JSON object
 
 
 def from_grpc(error: grpc.aio.AioRpcError) -> DomainError:
@@ -85,7 +87,13 @@ def from_grpc(error: grpc.aio.AioRpcError) -> DomainError:
         code = Code(trailing.get(CODE_METADATA_KEY, ""))
     except ValueError:
         code = FROM_GRPC_STATUS.get(error.code(), Code.INTERNAL)
-    return DomainError(code, error.details() or error.code().name)
+    try:
+        detail = json.loads(trailing.get(DETAIL_METADATA_KEY, "{}"))
+    except ValueError:
+        detail = {}
+    return DomainError(
+        code, error.details() or error.code().name, detail if isinstance(detail, dict) else {}
+    )
 
 
 H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
@@ -100,7 +108,10 @@ def grpc_method(handler: H) -> H:
         try:
             return await handler(self, request, context)
         except DomainError as error:
-            context.set_trailing_metadata(((CODE_METADATA_KEY, error.code.value),))
+            metadata = [(CODE_METADATA_KEY, error.code.value)]
+            if error.detail:
+                metadata.append((DETAIL_METADATA_KEY, json.dumps(error.detail)))
+            context.set_trailing_metadata(metadata)
             await context.abort(GRPC_STATUS[error.code], error.message)
 
     return wrapper  # type: ignore[return-value]

@@ -117,10 +117,16 @@ class ImageSigner:
 
 class Api:
     def __init__(self, settings: Settings) -> None:
-        timeout = settings.get_float("ORDER_TIMEOUT", 2.0)
-        self.timeout = timeout
+        # On Double-11 a phone waits for its order: long enough to ride out the stampede.
+        timeout = settings.get_float("ORDER_TIMEOUT", 10.0)
+        in_flight = settings.get_int("ORDER_MAX_IN_FLIGHT", 64)
         self.orders = {
-            "grpc": GrpcClient(settings.get("ORDER_GRPC"), order_pb2_grpc.OrderServiceStub, timeout)
+            "grpc": GrpcClient(
+                settings.get("ORDER_GRPC"),
+                order_pb2_grpc.OrderServiceStub,
+                timeout,
+                max_in_flight=in_flight,
+            )
         }
         self.default_protocol = settings.get("ORDER_PROTOCOL", "grpc")
         if self.default_protocol not in self.orders:

@@ -154,39 +154,55 @@ class InventoryStore:
     def transition(self, reservation_id: str, target: str) -> Reservation:
         """Commit, release or restock; a repeat of the same transition is a no-op."""
         with Transaction(self.db):
-            current = self._load(reservation_id)
-            if current is None:
-                if target != "RELEASED":
-                    raise DomainError(Code.NOT_FOUND, f"no reservation {reservation_id}")
-                # Tombstone: a reservation arriving later finds it released.
-                self.db.execute(
-                    "INSERT INTO reservations VALUES (?, 'RELEASED', 0, ?)",
-                    (reservation_id, _now_ms()),
-                )
-                return Reservation(reservation_id, "RELEASED", (), 0)
-            state = current.state
-            if state == target:
-                return current
-            if target == "RESTOCKED" and state == "RESERVED":
-                target = "RELEASED"  # cancelled before it was committed
-            move = _MOVES.get((state, target))
-            if move is None:
-                if target == "RESTOCKED" and state == "RELEASED":
-                    return current
-                raise DomainError(
-                    Code.CONFLICT, f"reservation {reservation_id} is {state}, not {target}"
-                )
-            source, sink = move
-            for item_id, quantity in current.lines:
-                self.db.execute(
-                    f"UPDATE items SET {source} = {source} - ?1, {sink} = {sink} + ?1"
-                    " WHERE item_id = ?2",
-                    (quantity, item_id),
-                )
+            return self._transition(reservation_id, target)
+
+    def commit_many(self, reservation_ids: list[str]) -> list[Reservation]:
+        """Group commit: one transaction for a burst of confirmed orders. A reservation
+        that cannot be committed (released, unknown) is reported as it is."""
+        done = []
+        with Transaction(self.db):
+            for reservation_id in reservation_ids:
+                try:
+                    done.append(self._transition(reservation_id, "COMMITTED"))
+                except DomainError:
+                    found = self._load(reservation_id)
+                    done.append(found or Reservation(reservation_id, "RELEASED", (), 0))
+        return done
+
+    def _transition(self, reservation_id: str, target: str) -> Reservation:
+        current = self._load(reservation_id)
+        if current is None:
+            if target != "RELEASED":
+                raise DomainError(Code.NOT_FOUND, f"no reservation {reservation_id}")
+            # Tombstone: a reservation arriving later finds it released.
             self.db.execute(
-                "UPDATE reservations SET state = ?, updated_at_ms = ? WHERE reservation_id = ?",
-                (target, _now_ms(), reservation_id),
+                "INSERT INTO reservations VALUES (?, 'RELEASED', 0, ?)",
+                (reservation_id, _now_ms()),
             )
+            return Reservation(reservation_id, "RELEASED", (), 0)
+        state = current.state
+        if state == target:
+            return current
+        if target == "RESTOCKED" and state == "RESERVED":
+            target = "RELEASED"  # cancelled before it was committed
+        move = _MOVES.get((state, target))
+        if move is None:
+            if target == "RESTOCKED" and state == "RELEASED":
+                return current
+            raise DomainError(
+                Code.CONFLICT, f"reservation {reservation_id} is {state}, not {target}"
+            )
+        source, sink = move
+        for item_id, quantity in current.lines:
+            self.db.execute(
+                f"UPDATE items SET {source} = {source} - ?1, {sink} = {sink} + ?1"
+                " WHERE item_id = ?2",
+                (quantity, item_id),
+            )
+        self.db.execute(
+            "UPDATE reservations SET state = ?, updated_at_ms = ? WHERE reservation_id = ?",
+            (target, _now_ms(), reservation_id),
+        )
         return Reservation(reservation_id, target, current.lines, current.expires_at_ms)
 
     def expired(self, now_ms: int, limit: int = 500) -> list[str]:
@@ -267,6 +283,14 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
     @grpc_method
     async def Commit(self, request, context):
         return await self._move(request, "COMMITTED")
+
+    @grpc_method
+    async def CommitMany(self, request, context):
+        ids = [_require_id(r) for r in request.reservation_ids]
+        if len(ids) > 1000:
+            raise DomainError(Code.INVALID_ARGUMENT, "at most 1000 reservations per call")
+        done = await self.store.run(InventoryStore.commit_many, ids)
+        return pb.Reservations(reservations=[r.to_proto() for r in done])
 
     @grpc_method
     async def Release(self, request, context):

@@ -10,7 +10,7 @@ compensation, restock) are still owed; the sweeper pays them.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +45,13 @@ CREATE TABLE IF NOT EXISTS order_lines (
     PRIMARY KEY (order_id, line_no)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS order_history (
+    id INTEGER PRIMARY KEY,  -- insertion order is history order
     order_id TEXT NOT NULL REFERENCES orders,
-    seq INTEGER NOT NULL,
     status TEXT NOT NULL,
     at_ms INTEGER NOT NULL,
-    note TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (order_id, seq)
-) WITHOUT ROWID;
+    note TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS order_history_by_order ON order_history (order_id, id);
 """
 
 _ORDER_COLUMNS = (
@@ -118,7 +118,7 @@ class OrderStore:
         )
         history = tuple(
             self.db.execute(
-                "SELECT status, at_ms, note FROM order_history WHERE order_id = ? ORDER BY seq",
+                "SELECT status, at_ms, note FROM order_history WHERE order_id = ? ORDER BY id",
                 (order_id,),
             )
         )
@@ -140,13 +140,13 @@ class OrderStore:
     # -- writes ------------------------------------------------------------------------
     def _history(self, order_id: str, status: str, at: int, note: str) -> None:
         self.db.execute(
-            "INSERT INTO order_history SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?"
-            " FROM order_history WHERE order_id = ?",
-            (order_id, status, at, note, order_id),
+            "INSERT INTO order_history (order_id, status, at_ms, note) VALUES (?, ?, ?, ?)",
+            (order_id, status, at, note),
         )
 
-    def begin(self, row: OrderRow) -> tuple[OrderRow, bool]:
-        """Record a new PENDING order, or return the one already holding this key."""
+    def begin(self, row: OrderRow, note: str = "order received") -> tuple[OrderRow, bool]:
+        """Record a new order (PENDING, or REJECTED outright), or return the one already
+        holding its idempotency key."""
         with Transaction(self.db):
             existing = self.by_key(row.idempotency_key)
             if existing is not None:
@@ -160,10 +160,8 @@ class OrderStore:
                 "INSERT INTO order_lines VALUES (?, ?, ?, ?, ?)",
                 [(row.order_id, n, *line) for n, line in enumerate(row.lines, 1)],
             )
-            self._history(row.order_id, "PENDING", row.created_at_ms, "order received")
-        created = self.get(row.order_id)
-        assert created is not None
-        return created, True
+            self._history(row.order_id, row.status, row.created_at_ms, note)
+        return replace(row, history=((row.status, row.created_at_ms, note),)), True
 
     def transition(
         self,
@@ -174,8 +172,9 @@ class OrderStore:
         note: str = "",
         finalized: int = 0,
         **fields: Any,
-    ) -> bool:
-        """Move an order on if, and only if, it is still in one of ``expected``."""
+    ) -> OrderRow | None:
+        """Move an order on if, and only if, it is still in one of ``expected``: the order
+        as it is now, or None when it was not in an expected state."""
         at = now_ms()
         assignments = ", ".join(f"{k} = ?" for k in fields)
         with Transaction(self.db):
@@ -185,17 +184,19 @@ class OrderStore:
                 f" WHERE order_id = ? AND status IN ({','.join('?' * len(expected))})",
                 (status, finalized, at, *fields.values(), order_id, *expected),
             ).rowcount
-            if changed:
-                self._history(order_id, status, at, note)
-        return bool(changed)
+            if not changed:
+                return None
+            self._history(order_id, status, at, note)
+            return self.get(order_id)
 
-    def mark_finalized(self, order_id: str, status: str) -> bool:
+    def mark_finalized(self, done: list[tuple[str, str]]) -> int:
+        """Mark (order_id, status) pairs paid, each only if it is still in that status."""
         with Transaction(self.db):
-            return bool(
+            return sum(
                 self.db.execute(
-                    "UPDATE orders SET finalized = 1 WHERE order_id = ? AND status = ?",
-                    (order_id, status),
+                    "UPDATE orders SET finalized = 1 WHERE order_id = ? AND status = ?", pair
                 ).rowcount
+                for pair in done
             )
 
     # -- recovery ----------------------------------------------------------------------
@@ -208,10 +209,10 @@ class OrderStore:
         sql = "SELECT order_id FROM orders WHERE status = 'PENDING' AND lease_until_ms < ? LIMIT ?"
         return [r for (r,) in self.db.execute(sql, (now, limit))]
 
-    def owed(self, older_than_ms: int, limit: int = 200) -> list[tuple[str, str, str]]:
-        """Orders whose side effects are still owed: (order_id, status, coupon_code)."""
+    def owed(self, older_than_ms: int, limit: int = 500) -> list[tuple[str, str]]:
+        """Orders whose side effects are still owed: (order_id, status)."""
         return self.db.execute(
-            "SELECT order_id, status, coupon_code FROM orders WHERE finalized = 0"
+            "SELECT order_id, status FROM orders WHERE finalized = 0"
             " AND status != 'PENDING' AND updated_at_ms < ? LIMIT ?",
             (older_than_ms, limit),
         ).fetchall()

@@ -12,6 +12,13 @@ A failure in 2-3 marks the order REJECTED and compensates: release the reservati
 redemption (both idempotent, both leaving tombstones when the original never arrived).
 Steps that are owed after a crash are paid by :class:`Sweeper`, so no acknowledged order
 is lost and no stock leaks. Cancelling a CONFIRMED order restocks and releases the coupon.
+
+Two things keep a flash sale cheap. Reservations of confirmed orders are committed in
+batches (:class:`GroupCommitter`: one inventory call per burst, not per order). And once
+the inventory has said an item is sold out, further attempts within
+``sold_out_hint_s`` are refused without asking it again (still recorded under their
+idempotency key, so a replay gets the same answer); stock given back by a cancel may
+therefore be offered again up to that long after.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import hashlib
 import json
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from infra.config import Settings
@@ -112,13 +119,18 @@ class Orders:
         inventory: GrpcClient[inventory_pb2_grpc.InventoryServiceStub],
         coupons: GrpcClient[coupon_pb2_grpc.CouponServiceStub],
         owner: str,
+        *,
         default_timeout: float = 2.0,
+        sold_out_hint_s: float = 1.0,
     ) -> None:
         self.store, self.inventory, self.coupons = store, inventory, coupons
         self.owner = owner
         self.default_timeout = default_timeout
+        self.sold_out_hint_s = sold_out_hint_s
+        self.committer = GroupCommitter(self)
         # Requests with one key arriving together in this process wait for the first.
         self._inflight: dict[str, tuple[str, asyncio.Future[OrderRow | DomainError]]] = {}
+        self._sold_out: dict[int, float] = {}  # item id -> loop time the hint lapses
         self._background: set[asyncio.Task[None]] = set()
 
     # -- place -------------------------------------------------------------------------
@@ -150,6 +162,16 @@ class Orders:
             del self._inflight[key]
         return outcome(row)
 
+    def _hinted_sold_out(self, lines: tuple[Line, ...]) -> int | None:
+        now = asyncio.get_running_loop().time()
+        for line in lines:
+            lapses = self._sold_out.get(line.item_id)
+            if lapses is not None:
+                if lapses > now:
+                    return line.item_id
+                del self._sold_out[line.item_id]
+        return None
+
     async def _saga(
         self, request: PlaceOrder, lines: tuple[Line, ...], fingerprint: str, timeout: float
     ) -> OrderRow:
@@ -175,11 +197,26 @@ class Orders:
             updated_at_ms=now,
             lines=tuple((ln.item_id, ln.quantity, ln.unit_price_cents) for ln in lines),
         )
-        row, created = await self.store.run(OrderStore.begin, draft)
+        sold_out = self._hinted_sold_out(lines)
+        if sold_out is not None:
+            # Recorded like any other outcome, so the key keeps its answer.
+            message = f"item {sold_out} is sold out"
+            draft = replace(
+                draft,
+                status="REJECTED",
+                reason_code=Code.SOLD_OUT.value,
+                reason=message,
+                finalized=1,
+            )
+            row, created = await self.store.run(OrderStore.begin, draft, message)
+        else:
+            row, created = await self.store.run(OrderStore.begin, draft)
         if not created:
             if row.request_hash != fingerprint:
                 raise DomainError(Code.CONFLICT, "idempotency key already used for another order")
-            return await self._settled(row.order_id, deadline)
+            return await self._settled(row, deadline)
+        if row.status != "PENDING":
+            return row
         order_id = row.order_id
 
         def left() -> float:
@@ -198,6 +235,8 @@ class Orders:
                 retries=1,
             )
         except DomainError as error:
+            if error.code is Code.SOLD_OUT and "item_id" in error.detail:
+                self._sold_out[int(error.detail["item_id"])] = loop.time() + self.sold_out_hint_s
             # A refusal decided nothing; anything else may have reserved: compensate.
             decided = error.code in (Code.SOLD_OUT, Code.UNPROCESSABLE, Code.INVALID_ARGUMENT)
             return await self._reject(order_id, error, owed=not decided)
@@ -236,12 +275,13 @@ class Orders:
             note="stock reserved" + (", coupon redeemed" if discount else ""),
             discount_cents=discount,
         )
-        if confirmed:
-            self._finalize_soon(order_id)
-        return await self._settled(order_id, deadline)
+        if confirmed is None:  # a sweeper gave it up first; its outcome stands
+            return await self._settled(row, deadline)
+        self.committer.add(order_id)
+        return confirmed
 
     async def _reject(self, order_id: str, error: DomainError, *, owed: bool) -> OrderRow:
-        await self.store.run(
+        rejected = await self.store.run(
             OrderStore.transition,
             order_id,
             ("PENDING",),
@@ -251,23 +291,25 @@ class Orders:
             reason_code=error.code.value,
             reason=error.message,
         )
-        if owed:
-            self._finalize_soon(order_id)
-        row = await self.store.run(OrderStore.get, order_id)
-        assert row is not None
-        return row
-
-    async def _settled(self, order_id: str, deadline: float) -> OrderRow:
-        """The order once it has left PENDING (another process may still be placing it)."""
-        loop = asyncio.get_running_loop()
-        while True:
+        if rejected is None:
             row = await self.store.run(OrderStore.get, order_id)
             assert row is not None
-            if row.status != "PENDING":
-                return row
+            return row
+        if owed:
+            self._finalize_soon(rejected)
+        return rejected
+
+    async def _settled(self, row: OrderRow, deadline: float) -> OrderRow:
+        """The order once it has left PENDING (another process may still be placing it)."""
+        loop = asyncio.get_running_loop()
+        while row.status == "PENDING":
             if loop.time() > deadline:
                 raise DomainError(Code.UNAVAILABLE, "the order is still being placed; retry")
             await asyncio.sleep(0.02)
+            found = await self.store.run(OrderStore.get, row.order_id)
+            assert found is not None
+            row = found
+        return row
 
     # -- read / cancel -----------------------------------------------------------------
     async def get(self, order_id: str) -> OrderRow:
@@ -285,61 +327,122 @@ class Orders:
             return row
         if row.status != "CONFIRMED":
             raise DomainError(Code.CONFLICT, f"a {row.status} order cannot be cancelled")
-        changed = await self.store.run(
+        cancelled = await self.store.run(
             OrderStore.transition,
             order_id,
             ("CONFIRMED",),
             "CANCELLED",
             note=reason or "cancelled by the customer",
             reason_code="",
-            reason=reason[:200],
+            reason=reason,
         )
-        if changed:
-            self._finalize_soon(order_id)
-        return await self.get(order_id)
+        if cancelled is None:  # cancelled (or changed) concurrently
+            return await self.cancel(order_id, reason)
+        self._finalize_soon(cancelled)
+        return cancelled
 
     # -- what is owed after the answer ---------------------------------------------------
-    def _finalize_soon(self, order_id: str) -> None:
-        task = asyncio.create_task(self.finalize(order_id))
+    def _finalize_soon(self, row: OrderRow) -> None:
+        task = asyncio.create_task(self.finalize(row))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def finalize(self, order_id: str) -> None:
-        """Pay what an order owes elsewhere, by its current status. Idempotent; on failure
-        the sweeper tries again later."""
-        row = await self.store.run(OrderStore.get, order_id)
-        if row is None or row.finalized or row.status == "PENDING":
+    async def finalize(self, row: OrderRow) -> None:
+        """Pay what an order owes elsewhere, by its status. Idempotent; on failure the
+        sweeper tries again later."""
+        if row.finalized or row.status == "PENDING":
+            return
+        if row.status == "CONFIRMED":
+            self.committer.add(row.order_id)
             return
         # Runs after the answer was sent: its span may outlive the request's.
-        attributes = {"order.id": order_id, "order.status": row.status, "d11.after_response": True}
+        attributes = {
+            "order.id": row.order_id,
+            "order.status": row.status,
+            "d11.after_response": True,
+        }
+        ref = inventory_pb2.ReservationRef(reservation_id=row.order_id)
         with tracer().start_as_current_span("order.finalize", attributes=attributes):
-            await self._finalize(row)
-
-    async def _finalize(self, row: OrderRow) -> None:
-        order_id = row.order_id
-        ref = inventory_pb2.ReservationRef(reservation_id=order_id)
-        try:
-            if row.status == "CONFIRMED":
-                await self.inventory.call("Commit", ref, retries=2)
-            else:  # REJECTED: compensate; CANCELLED: give back
+            try:
+                # REJECTED: compensate; CANCELLED: give back.
                 method = "Restock" if row.status == "CANCELLED" else "Release"
                 await self.inventory.call(method, ref, retries=2)
                 if row.coupon_code:
                     await self.coupons.call(
-                        "Release", coupon_pb2.RedemptionRef(redemption_id=order_id), retries=2
+                        "Release", coupon_pb2.RedemptionRef(redemption_id=row.order_id), retries=2
                     )
-        except DomainError as error:
-            log.warning(
-                "finalizing %s failed, will retry",
-                order_id,
-                extra={"order_id": order_id, "status": row.status, "error": str(error)},
-            )
-            return
-        await self.store.run(OrderStore.mark_finalized, order_id, row.status)
+            except DomainError as error:
+                log.warning(
+                    "finalizing %s failed, will retry",
+                    row.order_id,
+                    extra={"order_id": row.order_id, "status": row.status, "error": str(error)},
+                )
+                return
+        await self.store.run(OrderStore.mark_finalized, [(row.order_id, row.status)])
 
     async def drain(self) -> None:
         if self._background:
             await asyncio.wait(self._background, timeout=5)
+        await self.committer.flush()
+
+
+class GroupCommitter:
+    """Commits the stock reservations of confirmed orders in batches: one CommitMany call
+    and one store transaction per burst instead of one of each per order."""
+
+    MAX_BATCH = 500
+    LINGER_S = 0.02  # how long a first order waits for company
+
+    def __init__(self, orders: Orders) -> None:
+        self.orders = orders
+        self.pending: dict[str, None] = {}  # ordered set
+        self._wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, order_id: str) -> None:
+        self.pending[order_id] = None
+        self._wake.set()
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self.LINGER_S)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("group commit failed; the sweeper will retry")
+
+    async def flush(self) -> None:
+        while self.pending:
+            batch = list(self.pending)[: self.MAX_BATCH]
+            for order_id in batch:
+                del self.pending[order_id]
+            if not self.pending:
+                self._wake.clear()
+            try:
+                reply = await self.orders.inventory.call(
+                    "CommitMany", inventory_pb2.ReservationRefs(reservation_ids=batch), retries=2
+                )
+            except DomainError as error:
+                log.warning("group commit of %d failed: %s", len(batch), error)
+                return  # owed; the sweeper re-queues them
+            done = [
+                (r.reservation_id, "CONFIRMED")
+                for r in reply.reservations
+                if r.state == inventory_pb2.COMMITTED
+            ]
+            await self.orders.store.run(OrderStore.mark_finalized, done)
+
+    async def stop(self, grace: float) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        with contextlib.suppress(DomainError):
+            await self.flush()
 
 
 class Sweeper:
@@ -358,9 +461,14 @@ class Sweeper:
             error = DomainError(Code.UNAVAILABLE, "the order service stopped while placing it")
             await self.orders._reject(order_id, error, owed=True)
             log.warning("gave up an abandoned order", extra={"order_id": order_id})
-        # Leave fresh ones to the finalizer started by the saga itself.
-        for order_id, _, _ in await store.run(OrderStore.owed, now_ms() - 500):
-            await self.orders.finalize(order_id)
+        # Leave fresh ones to the saga's own finalizer and the group committer.
+        for order_id, status in await store.run(OrderStore.owed, now_ms() - 1000):
+            if status == "CONFIRMED":
+                self.orders.committer.add(order_id)
+            else:
+                row = await store.run(OrderStore.get, order_id)
+                if row is not None:
+                    await self.orders.finalize(row)
 
     async def start(self) -> None:
         await self.sweep(startup=True)
@@ -384,16 +492,21 @@ class Sweeper:
 
 def domain(settings: Settings) -> tuple[Orders, list[Component]]:
     """The order domain as every order service runs it, and the components to start
-    before the protocol server (in order: store, clients, recovery)."""
-    path = Path(
-        settings.get("ORDER_DB", str(settings.run_dir / "data" / "orders" / "orders.sqlite3"))
-    )
+    before the protocol server (in order: store, clients, committer, recovery)."""
+    default_db = settings.run_dir / "data" / "orders" / "orders.sqlite3"
+    path = Path(settings.get("ORDER_DB", str(default_db)))
     store = ThreadOwned(lambda: OrderStore(path), "order-db")
     timeout = settings.get_float("DOWNSTREAM_TIMEOUT", 2.0)
     inventory = GrpcClient(
         settings.get("INVENTORY"), inventory_pb2_grpc.InventoryServiceStub, timeout
     )
     coupons = GrpcClient(settings.get("COUPON"), coupon_pb2_grpc.CouponServiceStub, timeout)
-    orders = Orders(store, inventory, coupons, owner=settings.name)
+    orders = Orders(
+        store,
+        inventory,
+        coupons,
+        owner=settings.name,
+        sold_out_hint_s=settings.get_float("SOLD_OUT_HINT", 1.0),
+    )
     sweeper = Sweeper(orders, settings.get_float("SWEEP_INTERVAL", 1.0))
-    return orders, [store, inventory, coupons, sweeper]
+    return orders, [store, inventory, coupons, orders.committer, sweeper]

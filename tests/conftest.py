@@ -39,6 +39,10 @@ class Stack:
     env: dict[str, str]
     up_seconds: float
 
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.env["D11_RUN_DIR"])
+
     def url(self, host: str, path: str = "") -> str:
         return f"http://{self.topology.host(host).endpoint}{path}"
 

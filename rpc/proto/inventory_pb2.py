@@ -24,31 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19rpc/proto/inventory.proto\x12\x10\x64\x31\x31.inventory.v1\".\n\tStockLine\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\x10\n\x08quantity\x18\x02 \x01(\x05\"i\n\x0eReserveRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12*\n\x05lines\x18\x02 \x03(\x0b\x32\x1b.d11.inventory.v1.StockLine\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x05\"(\n\x0eReservationRef\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\"\x9b\x01\n\x0bReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x31\n\x05state\x18\x02 \x01(\x0e\x32\".d11.inventory.v1.ReservationState\x12*\n\x05lines\x18\x03 \x03(\x0b\x32\x1b.d11.inventory.v1.StockLine\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\"#\n\x0fGetStockRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\x03\"P\n\nStockLevel\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\x11\n\tavailable\x18\x02 \x01(\x03\x12\x10\n\x08reserved\x18\x03 \x01(\x03\x12\x0c\n\x04sold\x18\x04 \x01(\x03\"9\n\nStockReply\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.d11.inventory.v1.StockLevel\"5\n\x0fSetStockRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\x11\n\tavailable\x18\x02 \x01(\x03*o\n\x10ReservationState\x12!\n\x1dRESERVATION_STATE_UNSPECIFIED\x10\x00\x12\x0c\n\x08RESERVED\x10\x01\x12\r\n\tCOMMITTED\x10\x02\x12\x0c\n\x08RELEASED\x10\x03\x12\r\n\tRESTOCKED\x10\x04\x32\xdb\x03\n\x10InventoryService\x12J\n\x07Reserve\x12 .d11.inventory.v1.ReserveRequest\x1a\x1d.d11.inventory.v1.Reservation\x12I\n\x06\x43ommit\x12 .d11.inventory.v1.ReservationRef\x1a\x1d.d11.inventory.v1.Reservation\x12J\n\x07Release\x12 .d11.inventory.v1.ReservationRef\x1a\x1d.d11.inventory.v1.Reservation\x12J\n\x07Restock\x12 .d11.inventory.v1.ReservationRef\x1a\x1d.d11.inventory.v1.Reservation\x12K\n\x08GetStock\x12!.d11.inventory.v1.GetStockRequest\x1a\x1c.d11.inventory.v1.StockReply\x12K\n\x08SetStock\x12!.d11.inventory.v1.SetStockRequest\x1a\x1c.d11.inventory.v1.StockLevelb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19rpc/proto/inventory.proto\x12\x10\x64\x31\x31.inventory.v1\".\n\tStockLine\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\x10\n\x08quantity\x18\x02 \x01(\x05\"i\n\x0eReserveRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12*\n\x05lines\x18\x02 \x03(\x0b\x32\x1b.d11.inventory.v1.StockLine\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x05\"(\n\x0eReservationRef\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\"*\n\x0fReservationRefs\x12\x17\n\x0freservation_ids\x18\x01 \x03(\t\"C\n\x0cReservations\x12\x33\n\x0creservations\x18\x01 \x03(\x0b\x32\x1d.d11.inventory.v1.Reservation\"\x9b\x01\n\x0bReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x31\n\x05state\x18\x02 \x01(\x0e\x32\".d11.inventory.v1.ReservationState\x12*\n\x05lines\x18\x03 \x03(\x0b\x32\x1b.d11.inventory.v1.StockLine\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\"#\n\x0fGetStockRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\x03\"P\n\nStockLevel\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\x11\n\tavailable\x18\x02 \x01(\x03\x12\x10\n\x08reserved\x18\x03 \x01(\x03\x12\x0c\n\x04sold\x18\x04 \x01(\x03\"9\n\nStockReply\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.d11.inventory.v1.StockLevel\"5\n\x0fSetStockRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\x11\n\tavailable\x18\x02 \x01(\x03*o\n\x10ReservationState\x12!\n\x1dRESERVATION_STATE_UNSPECIFIED\x10\x00\x12\x0c\n\x08RESERVED\x10\x01\x12\r\n\tCOMMITTED\x10\x02\x12\x0c\n\x08RELEASED\x10\x03\x12\r\n\tRESTOCKED\x10\x04\x32\xac\x04\n\x10InventoryService\x12J\n\x07Reserve\x12 .d11.inventory.v1.ReserveRequest\x1a\x1d.d11.inventory.v1.Reservation\x12I\n\x06\x43ommit\x12 .d11.inventory.v1.ReservationRef\x1a\x1d.d11.inventory.v1.Reservation\x12O\n\nCommitMany\x12!.d11.inventory.v1.ReservationRefs\x1a\x1e.d11.inventory.v1.Reservations\x12J\n\x07Release\x12 .d11.inventory.v1.ReservationRef\x1a\x1d.d11.inventory.v1.Reservation\x12J\n\x07Restock\x12 .d11.inventory.v1.ReservationRef\x1a\x1d.d11.inventory.v1.Reservation\x12K\n\x08GetStock\x12!.d11.inventory.v1.GetStockRequest\x1a\x1c.d11.inventory.v1.StockReply\x12K\n\x08SetStock\x12!.d11.inventory.v1.SetStockRequest\x1a\x1c.d11.inventory.v1.StockLevelb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rpc.proto.inventory_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESERVATIONSTATE']._serialized_start=635
-  _globals['_RESERVATIONSTATE']._serialized_end=746
+  _globals['_RESERVATIONSTATE']._serialized_start=748
+  _globals['_RESERVATIONSTATE']._serialized_end=859
   _globals['_STOCKLINE']._serialized_start=47
   _globals['_STOCKLINE']._serialized_end=93
   _globals['_RESERVEREQUEST']._serialized_start=95
   _globals['_RESERVEREQUEST']._serialized_end=200
   _globals['_RESERVATIONREF']._serialized_start=202
   _globals['_RESERVATIONREF']._serialized_end=242
-  _globals['_RESERVATION']._serialized_start=245
-  _globals['_RESERVATION']._serialized_end=400
-  _globals['_GETSTOCKREQUEST']._serialized_start=402
-  _globals['_GETSTOCKREQUEST']._serialized_end=437
-  _globals['_STOCKLEVEL']._serialized_start=439
-  _globals['_STOCKLEVEL']._serialized_end=519
-  _globals['_STOCKREPLY']._serialized_start=521
-  _globals['_STOCKREPLY']._serialized_end=578
-  _globals['_SETSTOCKREQUEST']._serialized_start=580
-  _globals['_SETSTOCKREQUEST']._serialized_end=633
-  _globals['_INVENTORYSERVICE']._serialized_start=749
-  _globals['_INVENTORYSERVICE']._serialized_end=1224
+  _globals['_RESERVATIONREFS']._serialized_start=244
+  _globals['_RESERVATIONREFS']._serialized_end=286
+  _globals['_RESERVATIONS']._serialized_start=288
+  _globals['_RESERVATIONS']._serialized_end=355
+  _globals['_RESERVATION']._serialized_start=358
+  _globals['_RESERVATION']._serialized_end=513
+  _globals['_GETSTOCKREQUEST']._serialized_start=515
+  _globals['_GETSTOCKREQUEST']._serialized_end=550
+  _globals['_STOCKLEVEL']._serialized_start=552
+  _globals['_STOCKLEVEL']._serialized_end=632
+  _globals['_STOCKREPLY']._serialized_start=634
+  _globals['_STOCKREPLY']._serialized_end=691
+  _globals['_SETSTOCKREQUEST']._serialized_start=693
+  _globals['_SETSTOCKREQUEST']._serialized_end=746
+  _globals['_INVENTORYSERVICE']._serialized_start=862
+  _globals['_INVENTORYSERVICE']._serialized_end=1418
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,18 @@ class ReservationRef(_message.Message):
     reservation_id: str
     def __init__(self, reservation_id: _Optional[str] = ...) -> None: ...
 
+class ReservationRefs(_message.Message):
+    __slots__ = ("reservation_ids",)
+    RESERVATION_IDS_FIELD_NUMBER: _ClassVar[int]
+    reservation_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, reservation_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Reservations(_message.Message):
+    __slots__ = ("reservations",)
+    RESERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    reservations: _containers.RepeatedCompositeFieldContainer[Reservation]
+    def __init__(self, reservations: _Optional[_Iterable[_Union[Reservation, _Mapping]]] = ...) -> None: ...
+
 class Reservation(_message.Message):
     __slots__ = ("reservation_id", "state", "lines", "expires_at_ms")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]

@@ -44,6 +44,11 @@ class InventoryServiceStub:
                 request_serializer=rpc_dot_proto_dot_inventory__pb2.ReservationRef.SerializeToString,
                 response_deserializer=rpc_dot_proto_dot_inventory__pb2.Reservation.FromString,
                 _registered_method=True)
+        self.CommitMany = channel.unary_unary(
+                '/d11.inventory.v1.InventoryService/CommitMany',
+                request_serializer=rpc_dot_proto_dot_inventory__pb2.ReservationRefs.SerializeToString,
+                response_deserializer=rpc_dot_proto_dot_inventory__pb2.Reservations.FromString,
+                _registered_method=True)
         self.Release = channel.unary_unary(
                 '/d11.inventory.v1.InventoryService/Release',
                 request_serializer=rpc_dot_proto_dot_inventory__pb2.ReservationRef.SerializeToString,
@@ -79,6 +84,14 @@ class InventoryServiceServicer:
 
     def Commit(self, request, context):
         """Makes a reservation final (no longer expires). Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitMany(self, request, context):
+        """Commits many reservations in one transaction (group commit after a burst of orders).
+        Unknown or released ones are reported with their state, not failed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,6 +135,11 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     servicer.Commit,
                     request_deserializer=rpc_dot_proto_dot_inventory__pb2.ReservationRef.FromString,
                     response_serializer=rpc_dot_proto_dot_inventory__pb2.Reservation.SerializeToString,
+            ),
+            'CommitMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitMany,
+                    request_deserializer=rpc_dot_proto_dot_inventory__pb2.ReservationRefs.FromString,
+                    response_serializer=rpc_dot_proto_dot_inventory__pb2.Reservations.SerializeToString,
             ),
             'Release': grpc.unary_unary_rpc_method_handler(
                     servicer.Release,
@@ -198,6 +216,33 @@ class InventoryService:
             '/d11.inventory.v1.InventoryService/Commit',
             rpc_dot_proto_dot_inventory__pb2.ReservationRef.SerializeToString,
             rpc_dot_proto_dot_inventory__pb2.Reservation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/d11.inventory.v1.InventoryService/CommitMany',
+            rpc_dot_proto_dot_inventory__pb2.ReservationRefs.SerializeToString,
+            rpc_dot_proto_dot_inventory__pb2.Reservations.FromString,
             options,
             channel_credentials,
             insecure,

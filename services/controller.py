@@ -24,6 +24,7 @@ from infra.config import Settings
 from infra.http import HttpServer, make_app
 from infra.service import Component, Context, run
 from rpc.client import GrpcClient
+from rpc.discovery import Discovery
 from rpc.errors import Code, DomainError
 from rpc.proto import (
     coupon_pb2,
@@ -120,14 +121,21 @@ class Api:
         # On Double-11 a phone waits for its order: long enough to ride out the stampede.
         timeout = settings.get_float("ORDER_TIMEOUT", 10.0)
         in_flight = settings.get_int("ORDER_MAX_IN_FLIGHT", 64)
-        self.orders = {
-            "grpc": GrpcClient(
-                settings.get("ORDER_GRPC"),
-                order_pb2_grpc.OrderServiceStub,
-                timeout,
-                max_in_flight=in_flight,
+        registry = settings.get("REGISTRY", "")
+        self.discoveries: list[Discovery] = []
+        self.orders = {}
+        for protocol in PROTOCOLS:
+            # Instances come from the registry; a fixed address (D11_ORDER_GRPC) is for
+            # running without one.
+            target: str | Discovery
+            if registry:
+                target = Discovery(registry, f"order-{protocol}")
+                self.discoveries.append(target)
+            else:
+                target = settings.get(f"ORDER_{protocol.upper()}")
+            self.orders[protocol] = GrpcClient(
+                target, order_pb2_grpc.OrderServiceStub, timeout, max_in_flight=in_flight
             )
-        }
         self.default_protocol = settings.get("ORDER_PROTOCOL", "grpc")
         if self.default_protocol not in self.orders:
             raise DomainError(Code.INTERNAL, f"D11_ORDER_PROTOCOL={self.default_protocol!r}")
@@ -143,7 +151,7 @@ class Api:
         self.admin_token = settings.get("ADMIN_TOKEN", "")
 
     def components(self) -> list[Component]:
-        return [*self.orders.values(), self.inventory, self.coupons]
+        return [*self.discoveries, *self.orders.values(), self.inventory, self.coupons]
 
     # -- helpers ---------------------------------------------------------------------
     def order_client(self, request: web.Request) -> GrpcClient[order_pb2_grpc.OrderServiceStub]:

@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS orders (
 );
 CREATE INDEX IF NOT EXISTS orders_by_user ON orders (user_id, created_at_ms);
 CREATE INDEX IF NOT EXISTS orders_owed ON orders (finalized, status);
+-- The sweeper looks for PENDING orders every second; without this it scans every order.
+CREATE INDEX IF NOT EXISTS orders_pending ON orders (status, lease_until_ms);
 CREATE TABLE IF NOT EXISTS order_lines (
     order_id TEXT NOT NULL REFERENCES orders,
     line_no INTEGER NOT NULL,

@@ -1,0 +1,115 @@
+"""Both sides of service discovery against ``rpc.registry``.
+
+- :class:`Registration` (a component every discoverable service adds): registers the
+  instance at start, heartbeats, re-registers after a registry restart, deregisters on a
+  clean stop.
+- :class:`Discovery`: the live instances of one service, polled in the background (cheap:
+  the registry answers 304 while nothing changed). Callers read ``endpoints``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiohttp
+
+from infra.config import Settings
+
+log = logging.getLogger("d11.discovery")
+
+TIMEOUT = aiohttp.ClientTimeout(total=2)
+
+
+class Registration:
+    def __init__(self, registry: str, service: str, settings: Settings, interval: float = 1.0):
+        self.base = f"http://{registry}/v1/services/{service}/instances/{settings.name}"
+        self.body = {
+            "address": settings.address,
+            "port": settings.port,
+            "metadata": {"role": settings.role, "host": settings.name},
+        }
+        self.interval = interval
+        self.session: aiohttp.ClientSession | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession(timeout=TIMEOUT)
+        await self._register()
+        self.task = asyncio.create_task(self._beat())
+
+    async def _register(self) -> bool:
+        assert self.session is not None
+        try:
+            async with self.session.put(self.base, json=self.body) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("registry unreachable: %s", exc)
+            return False
+
+    async def _beat(self) -> None:
+        assert self.session is not None
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                async with self.session.put(self.base + "/heartbeat") as r:
+                    if r.status == 404:  # the registry restarted or evicted us
+                        await self._register()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def stop(self, grace: float) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        if self.session is not None:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with self.session.delete(self.base):
+                    pass
+            await self.session.close()
+
+
+class Discovery:
+    def __init__(self, registry: str, service: str, interval: float = 1.0) -> None:
+        self.url = f"http://{registry}/v1/services/{service}"
+        self.service = service
+        self.interval = interval
+        self.endpoints: list[str] = []
+        self.changed = asyncio.Event()
+        self._etag = ""
+        self.session: aiohttp.ClientSession | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        assert self.session is not None
+        headers = {"If-None-Match": self._etag} if self._etag else {}
+        try:
+            async with self.session.get(self.url, headers=headers) as r:
+                if r.status == 200:
+                    body = await r.json()
+                    self.endpoints = [i["endpoint"] for i in body["instances"]]
+                    self._etag = r.headers.get("ETag", "")
+                    self.changed.set()
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+            # Keep the last known instances: a registry outage must not stop traffic.
+            log.warning("discovery of %s failed: %s", self.service, exc)
+
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession(timeout=TIMEOUT)
+        await self.refresh()
+        self.task = asyncio.create_task(self._poll())
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.refresh()
+
+    async def stop(self, grace: float) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        if self.session is not None:
+            await self.session.close()

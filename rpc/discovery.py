@@ -9,35 +9,34 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 
 import aiohttp
 
 from infra.config import Settings
+from infra.tasks import Periodic
 
 log = logging.getLogger("d11.discovery")
 
 TIMEOUT = aiohttp.ClientTimeout(total=2)
 
 
-class Registration:
+class Registration(Periodic):
     def __init__(self, registry: str, service: str, settings: Settings, interval: float = 1.0):
+        super().__init__("registry-heartbeat", interval, self._beat)
         self.base = f"http://{registry}/v1/services/{service}/instances/{settings.name}"
         self.body = {
             "address": settings.address,
             "port": settings.port,
             "metadata": {"role": settings.role, "host": settings.name},
         }
-        self.interval = interval
         self.session: aiohttp.ClientSession | None = None
-        self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(timeout=TIMEOUT)
         await self._register()
-        self.task = asyncio.create_task(self._beat())
+        await super().start()
 
     async def _register(self) -> bool:
         assert self.session is not None
@@ -50,20 +49,15 @@ class Registration:
 
     async def _beat(self) -> None:
         assert self.session is not None
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                async with self.session.put(self.base + "/heartbeat") as r:
-                    if r.status == 404:  # the registry restarted or evicted us
-                        await self._register()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("heartbeat failed: %s", exc)
+        try:
+            async with self.session.put(self.base + "/heartbeat") as r:
+                if r.status == 404:  # the registry restarted or evicted us
+                    await self._register()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("heartbeat failed: %s", exc)
 
     async def stop(self, grace: float) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        await super().stop(grace)
         if self.session is not None:
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with self.session.delete(self.base):
@@ -71,16 +65,14 @@ class Registration:
             await self.session.close()
 
 
-class Discovery:
+class Discovery(Periodic):
     def __init__(self, registry: str, service: str, interval: float = 1.0) -> None:
+        super().__init__(f"discovery-{service}", interval, self.refresh)
         self.url = f"http://{registry}/v1/services/{service}"
         self.service = service
-        self.interval = interval
         self.endpoints: list[str] = []
-        self.changed = asyncio.Event()
         self._etag = ""
         self.session: aiohttp.ClientSession | None = None
-        self.task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> None:
         assert self.session is not None
@@ -91,7 +83,6 @@ class Discovery:
                     body = await r.json()
                     self.endpoints = [i["endpoint"] for i in body["instances"]]
                     self._etag = r.headers.get("ETag", "")
-                    self.changed.set()
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
             # Keep the last known instances: a registry outage must not stop traffic.
             log.warning("discovery of %s failed: %s", self.service, exc)
@@ -99,17 +90,9 @@ class Discovery:
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(timeout=TIMEOUT)
         await self.refresh()
-        self.task = asyncio.create_task(self._poll())
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self.refresh()
+        await super().start()
 
     async def stop(self, grace: float) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        await super().stop(grace)
         if self.session is not None:
             await self.session.close()

@@ -12,8 +12,6 @@ Run alone: ``python -m services.inventory`` (D11_PORT, D11_DATA_DIR).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -25,6 +23,7 @@ import grpc
 from infra.db import ThreadOwned, Transaction, connect
 from infra.grpc_service import GrpcServer
 from infra.service import Component, Context, run
+from infra.tasks import Periodic
 from rpc.errors import Code, DomainError, grpc_method
 from rpc.proto import inventory_pb2 as pb
 from rpc.proto import inventory_pb2_grpc
@@ -314,31 +313,15 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         )
 
 
-class ExpirySweeper:
+def expiry_sweeper(store: ThreadOwned[InventoryStore], interval: float) -> Periodic:
     """Releases reservations whose TTL ran out (their order service died mid-saga)."""
 
-    def __init__(self, store: ThreadOwned[InventoryStore], interval: float) -> None:
-        self.store, self.interval = store, interval
-        self.task: asyncio.Task[None] | None = None
+    async def sweep() -> None:
+        for reservation_id in await store.run(InventoryStore.expired, _now_ms()):
+            await store.run(InventoryStore.transition, reservation_id, "RELEASED")
+            log.info("reservation expired", extra={"reservation_id": reservation_id})
 
-    async def start(self) -> None:
-        self.task = asyncio.create_task(self._loop())
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                for reservation_id in await self.store.run(InventoryStore.expired, _now_ms()):
-                    await self.store.run(InventoryStore.transition, reservation_id, "RELEASED")
-                    log.info("reservation expired", extra={"reservation_id": reservation_id})
-            except Exception:
-                log.exception("expiry sweep failed")
-
-    async def stop(self, grace: float) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+    return Periodic("reservation-expiry", interval, sweep)
 
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InventoryService"].full_name
@@ -354,7 +337,7 @@ async def build(ctx: Context) -> Sequence[Component]:
         inventory_pb2_grpc.add_InventoryServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
-    sweeper = ExpirySweeper(store, s.get_float("SWEEP_INTERVAL", 1.0))
+    sweeper = expiry_sweeper(store, s.get_float("SWEEP_INTERVAL", 1.0))
     return [store, sweeper, GrpcServer(ctx, register)]
 
 

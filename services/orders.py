@@ -35,6 +35,7 @@ from pathlib import Path
 from infra.config import Settings
 from infra.db import ThreadOwned
 from infra.service import Component
+from infra.tasks import Periodic, cancel
 from infra.telemetry import tracer
 from rpc.client import GrpcClient
 from rpc.errors import Code, DomainError
@@ -437,22 +438,19 @@ class GroupCommitter:
             await self.orders.store.run(OrderStore.mark_finalized, done)
 
     async def stop(self, grace: float) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        await cancel(self.task)
         with contextlib.suppress(DomainError):
             await self.flush()
 
 
-class Sweeper:
+class Sweeper(Periodic):
     """Recovery: at start-up, give up this instance's PENDING orders (it just restarted,
     so their sagas are gone); then, every ``interval``, give up PENDING orders whose lease
-    ran out and pay whatever any order still owes. A component."""
+    ran out and pay whatever any order still owes."""
 
     def __init__(self, orders: Orders, interval: float = 1.0) -> None:
-        self.orders, self.interval = orders, interval
-        self.task: asyncio.Task[None] | None = None
+        super().__init__("order-sweeper", interval, self.sweep)
+        self.orders = orders
 
     async def sweep(self, *, startup: bool = False) -> None:
         store = self.orders.store
@@ -472,21 +470,10 @@ class Sweeper:
 
     async def start(self) -> None:
         await self.sweep(startup=True)
-        self.task = asyncio.create_task(self._loop())
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("sweep failed")
+        await super().start()
 
     async def stop(self, grace: float) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        await super().stop(grace)
         await self.orders.drain()
 
 

@@ -3,6 +3,7 @@ behind after ``down`` or after the launcher itself is killed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 import yaml
@@ -132,8 +134,9 @@ def test_down_stops_every_process(solo):
     assert rows == [{**rows[0], "pid": None, "healthy": False, "rss_bytes": 0}]
 
 
-def test_killed_foreground_launcher_leaves_nothing_behind(solo):
-    env, run_dir = solo
+@contextlib.contextmanager
+def foreground_launcher(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """``./d11 up`` in the foreground, returned once it reports every service healthy."""
     launcher = subprocess.Popen(
         [D11, "up"],
         env=env,
@@ -148,6 +151,15 @@ def test_killed_foreground_launcher_leaves_nothing_behind(solo):
             timeout=20,
             what="the foreground launcher to report healthy",
         )
+        yield launcher
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+
+
+def test_killed_foreground_launcher_leaves_nothing_behind(solo):
+    env, run_dir = solo
+    with foreground_launcher(env) as launcher:
         pids = _pids(run_dir)
         assert pids and all(_alive(p) for p in pids)
         launcher.kill()  # SIGKILL: no chance to clean up
@@ -157,26 +169,12 @@ def test_killed_foreground_launcher_leaves_nothing_behind(solo):
             timeout=10,
             what="services to exit after their launcher died",
         )
-    finally:
-        if launcher.poll() is None:
-            os.killpg(launcher.pid, signal.SIGKILL)
 
 
 def test_sigterm_to_foreground_launcher_stops_everything(solo):
     env, run_dir = solo
-    launcher = subprocess.Popen(
-        [D11, "up"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    output = Output(launcher)
-    try:
-        wait_for(lambda: output.has(b"Streaming logs"), timeout=20, what="the launcher to be up")
+    with foreground_launcher(env) as launcher:
         pids = _pids(run_dir)
         launcher.send_signal(signal.SIGTERM)
         assert launcher.wait(15) == 0
         assert pids and not any(_alive(p) for p in pids)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()

@@ -40,7 +40,27 @@ async def probe_grpc(host: Host, timeout: float) -> bool:
         return False
 
 
-PROBES: dict[str, Probe] = {"http": probe_http, "grpc": probe_grpc}
+async def probe_dubbo(host: Host, timeout: float) -> bool:
+    """A Dubbo heartbeat (two-way event) must come back as an event response."""
+    from rpc.dubbo import codec
+
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host.address, host.port)
+            try:
+                writer.write(codec.encode_frame(codec.Frame(1, True, event=True, body=b"N")))
+                header = await reader.readexactly(codec.HEADER_SIZE)
+                frames = codec.FrameDecoder().feed(
+                    header + await reader.readexactly(int.from_bytes(header[12:], "big"))
+                )
+                return bool(frames) and frames[0].event and frames[0].status == codec.Status.OK
+            finally:
+                writer.close()
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, codec.FrameError):
+        return False
+
+
+PROBES: dict[str, Probe] = {"http": probe_http, "grpc": probe_grpc, "dubbo": probe_dubbo}
 
 
 async def probe(host: Host, timeout: float = 1.0) -> bool:

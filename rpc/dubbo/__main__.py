@@ -1,0 +1,3 @@
+from rpc.dubbo.order import main
+
+main()

@@ -1,7 +1,7 @@
-"""Calling another Double-11 service over gRPC: traced channels, failures turned into
-:class:`DomainError`, deadlines honoured, retries only when the caller says the call is
-idempotent, and round robin over the instances a :class:`Discovery` finds (or one fixed
-address)."""
+"""Calling another Double-11 service: deadlines honoured, retries only when the caller
+says the call is idempotent, round robin over the instances a :class:`Discovery` finds
+(or one fixed address), and a bound on calls in flight. :class:`BalancedClient` holds that
+logic once; :class:`GrpcClient` (here) and ``rpc.dubbo.client.DubboClient`` add the wire."""
 
 from __future__ import annotations
 
@@ -21,54 +21,45 @@ S = TypeVar("S")
 RETRY_BACKOFF_S = 0.05
 
 
-class GrpcClient(Generic[S]):
-    """A component: channels open on first use and close at stop. ``target`` is a
-    ``host:port`` or a Discovery (which the caller starts before this client)."""
+class BalancedClient:
+    """A component. ``target`` is a ``host:port`` or a Discovery (started before this)."""
 
     def __init__(
-        self,
-        target: str | Discovery,
-        stub: Callable[[grpc.aio.Channel], S],
-        timeout: float,
-        *,
-        max_in_flight: int | None = None,
+        self, target: str | Discovery, timeout: float, *, max_in_flight: int | None = None
     ) -> None:
-        self.target, self._stub_factory, self.timeout = target, stub, timeout
-        self._stubs: dict[str, tuple[grpc.aio.Channel, S]] = {}
+        self.target, self.timeout = target, timeout
         self._turn = itertools.count()
         # Backpressure: calls beyond this wait here (within their deadline) instead of
         # piling up inside the server.
         self._slots = asyncio.Semaphore(max_in_flight) if max_in_flight else None
 
+    # -- for subclasses ------------------------------------------------------------
+    async def invoke(self, endpoint: str, method: str, request: Any, timeout: float) -> Any:
+        """One attempt at one instance; raises DomainError (UNAVAILABLE when retryable)."""
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self, grace: float) -> None:
+        pass
+
+    # -- shared ----------------------------------------------------------------------
     def endpoints(self) -> list[str]:
         return self.target.endpoints if isinstance(self.target, Discovery) else [self.target]
 
-    def _stub(self, endpoint: str) -> S:
-        if endpoint not in self._stubs:
-            ch = channel(endpoint)
-            self._stubs[endpoint] = (ch, self._stub_factory(ch))
-        return self._stubs[endpoint][1]
+    def describe(self) -> str:
+        return self.target.service if isinstance(self.target, Discovery) else self.target
 
     def _pick(self, avoid: str | None) -> str:
         endpoints = self.endpoints()
         if not endpoints:
-            raise DomainError(Code.UNAVAILABLE, f"no instance of {self._describe()} is up")
+            raise DomainError(Code.UNAVAILABLE, f"no instance of {self.describe()} is up")
         turn = next(self._turn)
         choice = endpoints[turn % len(endpoints)]
         if choice == avoid and len(endpoints) > 1:
             choice = endpoints[(turn + 1) % len(endpoints)]
         return choice
-
-    def _describe(self) -> str:
-        return self.target.service if isinstance(self.target, Discovery) else self.target
-
-    async def start(self) -> None:
-        pass  # channels are made on first use, per instance
-
-    async def stop(self, grace: float) -> None:
-        for ch, _ in self._stubs.values():
-            await ch.close(grace)
-        self._stubs.clear()
 
     async def call(
         self, method: str, request: Any, *, timeout: float | None = None, retries: int = 0
@@ -103,11 +94,43 @@ class GrpcClient(Generic[S]):
                 raise DomainError(Code.DEADLINE_EXCEEDED, f"no time left to call {method}")
             endpoint = self._pick(avoid=failed)
             try:
-                return await getattr(self._stub(endpoint), method)(request, timeout=left)
-            except grpc.aio.AioRpcError as error:
-                failure = from_grpc(error)
+                return await self.invoke(endpoint, method, request, left)
+            except DomainError as failure:
                 if failure.code is not Code.UNAVAILABLE or attempt >= retries:
-                    raise failure from None
+                    raise
                 failed = endpoint
             attempt += 1
             await asyncio.sleep(RETRY_BACKOFF_S * attempt)
+
+
+class GrpcClient(BalancedClient, Generic[S]):
+    """gRPC: one traced channel per instance, made on first use."""
+
+    def __init__(
+        self,
+        target: str | Discovery,
+        stub: Callable[[grpc.aio.Channel], S],
+        timeout: float,
+        *,
+        max_in_flight: int | None = None,
+    ) -> None:
+        super().__init__(target, timeout, max_in_flight=max_in_flight)
+        self._stub_factory = stub
+        self._stubs: dict[str, tuple[grpc.aio.Channel, S]] = {}
+
+    def _stub(self, endpoint: str) -> S:
+        if endpoint not in self._stubs:
+            ch = channel(endpoint)
+            self._stubs[endpoint] = (ch, self._stub_factory(ch))
+        return self._stubs[endpoint][1]
+
+    async def invoke(self, endpoint: str, method: str, request: Any, timeout: float) -> Any:
+        try:
+            return await getattr(self._stub(endpoint), method)(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_grpc(error) from None
+
+    async def stop(self, grace: float) -> None:
+        for ch, _ in self._stubs.values():
+            await ch.close(grace)
+        self._stubs.clear()

@@ -25,6 +25,8 @@ from infra.http import HttpServer, make_app
 from infra.service import Component, Context, run
 from rpc.client import GrpcClient
 from rpc.discovery import Discovery
+from rpc.dubbo import order as dubbo_order
+from rpc.dubbo.client import DubboClient
 from rpc.errors import Code, DomainError
 from rpc.proto import (
     coupon_pb2,
@@ -40,7 +42,7 @@ from services.problems import problem, problem_middleware
 
 MAX_BODY = 64 * 1024
 MAX_ID = 2**31 - 1
-PROTOCOLS = ("grpc",)  # SOAP and Dubbo join with their servers
+PROTOCOLS = ("grpc", "dubbo")  # SOAP joins with its server
 
 
 def order_json(order: order_pb2.Order) -> dict[str, Any]:
@@ -123,9 +125,9 @@ class Api:
         in_flight = settings.get_int("ORDER_MAX_IN_FLIGHT", 64)
         registry = settings.get("REGISTRY", "")
         self.discoveries: list[Discovery] = []
-        self.orders = {}
+        self.orders: dict[str, Any] = {}
         for protocol in PROTOCOLS:
-            # Instances come from the registry; a fixed address (D11_ORDER_GRPC) is for
+            # Instances come from the registry; a fixed address (D11_ORDER_GRPC, ...) is for
             # running without one.
             target: str | Discovery
             if registry:
@@ -133,9 +135,20 @@ class Api:
                 self.discoveries.append(target)
             else:
                 target = settings.get(f"ORDER_{protocol.upper()}")
-            self.orders[protocol] = GrpcClient(
-                target, order_pb2_grpc.OrderServiceStub, timeout, max_in_flight=in_flight
-            )
+            if protocol == "grpc":
+                self.orders[protocol] = GrpcClient(
+                    target, order_pb2_grpc.OrderServiceStub, timeout, max_in_flight=in_flight
+                )
+            else:
+                self.orders[protocol] = dubbo_order.OrderClient(
+                    DubboClient(
+                        target,
+                        dubbo_order.SERVICE,
+                        dubbo_order.VERSION,
+                        timeout,
+                        max_in_flight=in_flight,
+                    )
+                )
         self.default_protocol = settings.get("ORDER_PROTOCOL", "grpc")
         if self.default_protocol not in self.orders:
             raise DomainError(Code.INTERNAL, f"D11_ORDER_PROTOCOL={self.default_protocol!r}")
@@ -154,7 +167,7 @@ class Api:
         return [*self.discoveries, *self.orders.values(), self.inventory, self.coupons]
 
     # -- helpers ---------------------------------------------------------------------
-    def order_client(self, request: web.Request) -> GrpcClient[order_pb2_grpc.OrderServiceStub]:
+    def order_client(self, request: web.Request) -> Any:
         protocol = request.headers.get("X-Order-Protocol", self.default_protocol).lower()
         client = self.orders.get(protocol)
         if client is None:

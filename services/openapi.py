@@ -48,7 +48,7 @@ _PROTOCOL = {
     "in": "header",
     "required": False,
     "description": "Which order-service protocol carries the call.",
-    "schema": {"type": "string", "enum": ["grpc"]},
+    "schema": {"type": "string", "enum": ["grpc", "dubbo"]},
 }
 _ADMIN = {
     "name": "X-Admin-Token",

@@ -22,10 +22,12 @@ from typing import Any
 from infra.config import Settings
 from infra.service import Component, Context, run
 from rpc.discovery import Registration
+from rpc.dubbo.client import DubboClient
 from rpc.dubbo.codec import DEFAULT_MAX_BODY
 from rpc.dubbo.hessian2 import JavaObject, Long
 from rpc.dubbo.server import DubboServer, Exported
 from rpc.errors import Code, DomainError
+from rpc.proto import order_pb2
 from services.order_store import OrderRow
 from services.orders import Line, Orders, PlaceOrder, domain
 
@@ -150,3 +152,93 @@ async def build(ctx: Context) -> Sequence[Component]:
 
 def main() -> None:
     run(build, name="order-dubbo", role="order-dubbo", port=20880)
+
+
+# -- the controller's side: the same contract, in the controller's protobuf messages --------
+def order_from_java(obj: Any) -> order_pb2.Order:
+    if not isinstance(obj, JavaObject):
+        raise DomainError(Code.INTERNAL, f"expected an Order, got {type(obj).__name__}")
+    return order_pb2.Order(
+        order_id=obj.get("orderId") or "",
+        user_id=obj.get("userId") or "",
+        lines=[
+            order_pb2.OrderLine(
+                item_id=ln.get("itemId"),
+                quantity=ln.get("quantity"),
+                unit_price_cents=ln.get("unitPriceCents"),
+            )
+            for ln in obj.get("lines") or []
+        ],
+        coupon_code=obj.get("couponCode") or "",
+        status=order_pb2.OrderStatus.Value(obj.get("status")),
+        total_cents=obj.get("totalCents") or 0,
+        discount_cents=obj.get("discountCents") or 0,
+        created_at_ms=obj.get("createdAtMs") or 0,
+        updated_at_ms=obj.get("updatedAtMs") or 0,
+        reason=obj.get("reason") or "",
+        history=[
+            order_pb2.StatusChange(
+                status=order_pb2.OrderStatus.Value(h.get("status")),
+                at_ms=h.get("atMs"),
+                note=h.get("note") or "",
+            )
+            for h in obj.get("history") or []
+        ],
+    )
+
+
+STRING = "Ljava/lang/String;"
+
+
+class OrderClient:
+    """Calls ``com.double11.order.OrderService`` over Dubbo with the controller's messages
+    (the same ``call(method, request)`` shape as the gRPC stub). A component."""
+
+    def __init__(self, client: DubboClient) -> None:
+        self.client = client
+
+    async def start(self) -> None:
+        await self.client.start()
+
+    async def stop(self, grace: float) -> None:
+        await self.client.stop(grace)
+
+    async def call(self, method: str, request: Any, *, retries: int = 0) -> Any:
+        if method == "PlaceOrder":
+            arg = JavaObject(
+                f"{PACKAGE}.PlaceOrderRequest",
+                {
+                    "idempotencyKey": request.idempotency_key,
+                    "userId": request.user_id,
+                    "lines": [
+                        JavaObject(
+                            f"{PACKAGE}.OrderLine",
+                            {"itemId": Long(ln.item_id), "quantity": ln.quantity},
+                        )
+                        for ln in request.lines
+                    ],
+                    "couponCode": request.coupon_code or None,
+                },
+            )
+            found = await self.client.call(
+                "placeOrder",
+                ([arg], f"L{PACKAGE.replace('.', '/')}/PlaceOrderRequest;"),
+                retries=retries,
+            )
+            return order_from_java(found)
+        if method == "GetOrder":
+            found = await self.client.call(
+                "getOrder", ([request.order_id], STRING), retries=retries
+            )
+            return order_from_java(found)
+        if method == "CancelOrder":
+            found = await self.client.call(
+                "cancelOrder", ([request.order_id, request.reason], STRING * 2), retries=retries
+            )
+            return order_from_java(found)
+        if method == "ListOrders":
+            found = await self.client.call(
+                "listOrders", ([request.user_id, request.limit], STRING + "I"), retries=retries
+            )
+            return order_pb2.ListOrdersReply(orders=[order_from_java(o) for o in found or []])
+        raise DomainError(Code.INTERNAL, f"no Dubbo mapping for {method}")

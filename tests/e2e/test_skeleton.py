@@ -14,12 +14,10 @@ import pytest
 
 from tests.conftest import Stack, set_stock, wait_for
 
-EXPECTED_SERVICES = {"gateway", "order-grpc"}
 
-
-@pytest.fixture(scope="module")
-def traced_order(stack: Stack, http) -> dict:
-    """Place one order with a traceparent of our own, as a phone starting the trace would."""
+def place_traced(stack: Stack, http, protocol: str) -> dict:
+    """Place one order with a traceparent of our own, as a phone starting the trace would,
+    and wait until its trace has reached the order service."""
     set_stock(stack, 11, 1000)
     trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
     r = http.post(
@@ -28,6 +26,7 @@ def traced_order(stack: Stack, http) -> dict:
         headers={
             "Idempotency-Key": secrets.token_hex(8),
             "traceparent": f"00-{trace_id}-{parent}-01",
+            "X-Order-Protocol": protocol,
         },
     )
     assert r.status_code == 201, r.text
@@ -38,11 +37,17 @@ def traced_order(stack: Stack, http) -> dict:
             return None
         spans = t.json()["spans"]
         services = {s["service"] for s in spans}
-        # gateway (server + upstream client), controller (server + rpc client), order-grpc
-        return spans if len(spans) >= 5 and services >= EXPECTED_SERVICES else None
+        # gateway, controller, order service, and the inventory call the saga makes
+        wanted = {"gateway", f"order-{protocol}", "inventory"}
+        return spans if len(spans) >= 7 and wanted <= services else None
 
-    spans = wait_for(complete, what="the order's trace")
+    spans = wait_for(complete, what=f"the {protocol} order's trace")
     return {"trace_id": trace_id, "parent": parent, "spans": spans, "order": r.json()}
+
+
+@pytest.fixture(scope="module")
+def traced_order(stack: Stack, http) -> dict:
+    return place_traced(stack, http, "grpc")
 
 
 def test_up_was_healthy_within_ten_seconds(stack: Stack):
@@ -58,12 +63,14 @@ def test_status_json_lists_every_service_healthy(stack: Stack):
         assert row["rss_bytes"] > 0
 
 
-def test_one_trace_covers_every_hop(traced_order):
-    spans = traced_order["spans"]
+@pytest.mark.parametrize(("protocol", "rpc_system"), [("grpc", "grpc"), ("dubbo", "apache_dubbo")])
+def test_one_trace_covers_every_hop(stack: Stack, http, protocol: str, rpc_system: str):
+    traced = place_traced(stack, http, protocol)
+    spans = traced["spans"]
     by_id = {s["span_id"]: s for s in spans}
     (root,) = [s for s in spans if s["parent_span_id"] not in by_id]
     # The gateway continued the client's trace rather than starting its own.
-    assert root["parent_span_id"] == traced_order["parent"]
+    assert root["parent_span_id"] == traced["parent"]
     assert root["service"] == "gateway" and root["kind"] == "SERVER"
 
     def chain(span):
@@ -71,16 +78,29 @@ def test_one_trace_covers_every_hop(traced_order):
             yield span
             span = by_id.get(span["parent_span_id"])
 
-    leaf = next(s for s in spans if s["service"] == "order-grpc" and s["kind"] == "SERVER")
+    # The deepest hop: inventory's Reserve, called by the order service's saga.
+    leaf = next(
+        s
+        for s in spans
+        if s["service"] == "inventory"
+        and s["kind"] == "SERVER"
+        and s["attributes"].get("rpc.method") == "Reserve"
+    )
     path = [(re.sub(r"-\d+$", "", s["service"]), s["kind"]) for s in reversed(list(chain(leaf)))]
     assert path == [
         ("gateway", "SERVER"),
         ("gateway", "CLIENT"),
         ("controller", "SERVER"),
         ("controller", "CLIENT"),
-        ("order-grpc", "SERVER"),
+        (f"order-{protocol}", "SERVER"),
+        (f"order-{protocol}", "CLIENT"),
+        ("inventory", "SERVER"),
     ]
-    assert leaf["attributes"]["rpc.method"] == "PlaceOrder"
+    order_span = next(
+        s for s in spans if s["service"] == f"order-{protocol}" and s["kind"] == "SERVER"
+    )
+    assert order_span["attributes"]["rpc.system"] == rpc_system
+    assert order_span["attributes"]["rpc.method"] in ("PlaceOrder", "placeOrder")
 
     # Children lie inside their parents, except work done after the answer (committing
     # the stock reservation), which only starts after its parent did.

@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from cdn.signing import sign_secure_link
-from infra.config import Settings
+from infra.config import ConfigError, Settings
 from infra.http import HttpServer, make_app
 from infra.service import Component, Context, run
 from rpc.client import GrpcClient
@@ -133,8 +133,10 @@ class Api:
             if registry:
                 target = Discovery(registry, f"order-{protocol}")
                 self.discoveries.append(target)
+            elif address := settings.get(f"ORDER_{protocol.upper()}", ""):
+                target = address
             else:
-                target = settings.get(f"ORDER_{protocol.upper()}")
+                continue  # this protocol is not served here
             if protocol == "grpc":
                 self.orders[protocol] = GrpcClient(
                     target, order_pb2_grpc.OrderServiceStub, timeout, max_in_flight=in_flight
@@ -149,9 +151,11 @@ class Api:
                         max_in_flight=in_flight,
                     )
                 )
+        if not self.orders:
+            raise ConfigError("set D11_REGISTRY, or D11_ORDER_GRPC / D11_ORDER_DUBBO")
         self.default_protocol = settings.get("ORDER_PROTOCOL", "grpc")
         if self.default_protocol not in self.orders:
-            raise DomainError(Code.INTERNAL, f"D11_ORDER_PROTOCOL={self.default_protocol!r}")
+            raise ConfigError(f"D11_ORDER_PROTOCOL={self.default_protocol!r} is not served")
         self.inventory = GrpcClient(
             settings.get("INVENTORY"), inventory_pb2_grpc.InventoryServiceStub, 1.0
         )

@@ -36,13 +36,14 @@ from rpc.proto import (
     order_pb2,
     order_pb2_grpc,
 )
+from rpc.soap.client import SoapOrderClient
 from services import catalog
 from services.openapi import document
 from services.problems import problem, problem_middleware
 
 MAX_BODY = 64 * 1024
 MAX_ID = 2**31 - 1
-PROTOCOLS = ("grpc", "dubbo")  # SOAP joins with its server
+PROTOCOLS = ("grpc", "dubbo", "soap")
 
 
 def order_json(order: order_pb2.Order) -> dict[str, Any]:
@@ -141,6 +142,8 @@ class Api:
                 self.orders[protocol] = GrpcClient(
                     target, order_pb2_grpc.OrderServiceStub, timeout, max_in_flight=in_flight
                 )
+            elif protocol == "soap":
+                self.orders[protocol] = SoapOrderClient(target, timeout, max_in_flight=in_flight)
             else:
                 self.orders[protocol] = dubbo_order.OrderClient(
                     DubboClient(
@@ -152,7 +155,7 @@ class Api:
                     )
                 )
         if not self.orders:
-            raise ConfigError("set D11_REGISTRY, or D11_ORDER_GRPC / D11_ORDER_DUBBO")
+            raise ConfigError("set D11_REGISTRY, or D11_ORDER_GRPC / _DUBBO / _SOAP")
         self.default_protocol = settings.get("ORDER_PROTOCOL", "grpc")
         if self.default_protocol not in self.orders:
             raise ConfigError(f"D11_ORDER_PROTOCOL={self.default_protocol!r} is not served")

@@ -48,7 +48,7 @@ _PROTOCOL = {
     "in": "header",
     "required": False,
     "description": "Which order-service protocol carries the call.",
-    "schema": {"type": "string", "enum": ["grpc", "dubbo"]},
+    "schema": {"type": "string", "enum": ["grpc", "dubbo", "soap"]},
 }
 _ADMIN = {
     "name": "X-Admin-Token",

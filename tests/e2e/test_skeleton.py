@@ -63,7 +63,9 @@ def test_status_json_lists_every_service_healthy(stack: Stack):
         assert row["rss_bytes"] > 0
 
 
-@pytest.mark.parametrize(("protocol", "rpc_system"), [("grpc", "grpc"), ("dubbo", "apache_dubbo")])
+@pytest.mark.parametrize(
+    ("protocol", "rpc_system"), [("grpc", "grpc"), ("dubbo", "apache_dubbo"), ("soap", "soap")]
+)
 def test_one_trace_covers_every_hop(stack: Stack, http, protocol: str, rpc_system: str):
     traced = place_traced(stack, http, protocol)
     spans = traced["spans"]

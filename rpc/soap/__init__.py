@@ -1,0 +1,1 @@
+"""The order service over SOAP (role ``order-soap``): ``python -m rpc.soap``."""

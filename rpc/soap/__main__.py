@@ -1,0 +1,3 @@
+from rpc.soap.server import main
+
+main()

@@ -477,9 +477,56 @@ class Sweeper(Periodic):
         await self.orders.drain()
 
 
+class NoopOrders:
+    """For the protocol benchmark only (``D11_ORDER_BACKEND=noop``): the same answers'
+    shape with no saga behind them, so what is measured is the wire."""
+
+    def __init__(self) -> None:
+        now = now_ms()
+        self.template = OrderRow(
+            order_id="0" * 32,
+            idempotency_key="",
+            request_hash="",
+            user_id="",
+            coupon_code="",
+            status="CONFIRMED",
+            reason_code="",
+            reason="",
+            total_cents=0,
+            discount_cents=0,
+            owner="noop",
+            lease_until_ms=0,
+            finalized=1,
+            created_at_ms=now,
+            updated_at_ms=now,
+            history=(("PENDING", now, "order received"), ("CONFIRMED", now, "stock reserved")),
+        )
+
+    async def place(self, request: PlaceOrder, timeout: float | None = None) -> OrderRow:
+        lines = validate(request)
+        return replace(
+            self.template,
+            idempotency_key=request.idempotency_key,
+            user_id=request.user_id,
+            total_cents=sum(ln.quantity * ln.unit_price_cents for ln in lines),
+            lines=tuple((ln.item_id, ln.quantity, ln.unit_price_cents) for ln in lines),
+        )
+
+    async def get(self, order_id: str) -> OrderRow:
+        return replace(self.template, order_id=order_id)
+
+    async def cancel(self, order_id: str, reason: str = "") -> OrderRow:
+        return replace(self.template, order_id=order_id, status="CANCELLED")
+
+    async def list(self, user_id: str, limit: int = 20) -> list[OrderRow]:
+        return []
+
+
 def domain(settings: Settings) -> tuple[Orders, list[Component]]:
     """The order domain as every order service runs it, and the components to start
     before the protocol server (in order: store, clients, committer, recovery)."""
+    if settings.get("ORDER_BACKEND", "saga") == "noop":
+        return NoopOrders(), []  # type: ignore[return-value]
     default_db = settings.run_dir / "data" / "orders" / "orders.sqlite3"
     path = Path(settings.get("ORDER_DB", str(default_db)))
     store = ThreadOwned(lambda: OrderStore(path), "order-db")

@@ -28,6 +28,7 @@ ITEM = 14
 @pytest.fixture(scope="module")
 def endpoint(stack: Stack) -> tuple[str, int]:
     set_stock(stack, ITEM, 100_000)
+    set_stock(stack, 16, 10)
     host = stack.topology.host("order-dubbo")
     return host.address, host.port
 
@@ -75,8 +76,10 @@ def test_domain_errors_are_exception_payloads(client):
     assert missing.ok  # status 20: the call worked, the business said no
     assert type(missing.data).__name__ == "com.double11.order.OrderException"
     assert missing.data.code == "not-found"
-    sold_out = call(client, "placeOrder", place_request(secrets.token_hex(8), qty=1000, item=3))
-    assert sold_out.data.code in ("sold-out", "invalid-argument")
+    sold_out = call(client, "placeOrder", place_request(secrets.token_hex(8), qty=11, item=16))
+    assert sold_out.data.code == "sold-out"
+    invalid = call(client, "placeOrder", place_request(secrets.token_hex(8), qty=0))
+    assert invalid.data.code == "invalid-argument"
 
 
 def test_unknown_service_and_method_are_status_60(client):

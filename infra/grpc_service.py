@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from infra.http import HttpServer, make_app
+from infra.http import metrics_listener
 from infra.service import Context, PortInUse
 from infra.telemetry import client_span, mark_error, server_span
 
@@ -135,7 +135,6 @@ class GrpcServer:
         register: Callable[[grpc.aio.Server], Iterable[str]],
     ) -> None:
         self.ctx = ctx
-        s = ctx.settings
         # SO_REUSEPORT is off so that a second server on a taken port fails instead of
         # silently sharing it.
         self.server = grpc.aio.server(
@@ -148,9 +147,7 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
-        self.side: HttpServer | None = None
-        if s.metrics_port:
-            self.side = HttpServer(make_app(ctx), s.address, s.metrics_port)
+        self.side = metrics_listener(ctx)
 
     async def start(self) -> None:
         s = self.ctx.settings

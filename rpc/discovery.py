@@ -96,3 +96,10 @@ class Discovery(Periodic):
         await super().stop(grace)
         if self.session is not None:
             await self.session.close()
+
+
+def registration(settings: Settings) -> list[Registration]:
+    """The registration component for a discoverable service (registered under its role),
+    or none when no registry is configured (D11_REGISTRY)."""
+    registry = settings.get("REGISTRY", "")
+    return [Registration(registry, settings.role, settings)] if registry else []

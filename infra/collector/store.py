@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.collector.otlp import SpanRecord
-from infra.db import connect
+from infra.db import Transaction, connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spans (
@@ -64,8 +64,7 @@ class SpanStore:
             )
             for r in records
         ]
-        with self.db:
-            self.db.execute("BEGIN")
+        with Transaction(self.db):
             # Spans re-sent by a retrying exporter replace themselves and are counted once.
             fresh = [
                 row

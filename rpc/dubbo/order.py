@@ -21,7 +21,7 @@ from typing import Any
 
 from infra.config import Settings
 from infra.service import Component, Context, run
-from rpc.discovery import Registration
+from rpc.discovery import registration
 from rpc.dubbo.client import DubboClient
 from rpc.dubbo.codec import DEFAULT_MAX_BODY
 from rpc.dubbo.hessian2 import JavaObject, Long
@@ -144,10 +144,7 @@ async def build(ctx: Context) -> Sequence[Component]:
     orders, components = domain(s)
     endpoint = OrderEndpoint(orders, s.name)
     server = DubboServer(ctx, [endpoint.exported()], s.get_int("MAX_PAYLOAD", DEFAULT_MAX_BODY))
-    registration = []
-    if registry := s.get("REGISTRY", ""):
-        registration = [Registration(registry, s.role, s)]
-    return [*components, server, *registration]
+    return [*components, server, *registration(s)]
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from infra.http import HttpServer, make_app
+from infra.http import metrics_listener
 from infra.service import Context, PortInUse, is_addr_in_use
 from infra.telemetry import mark_error, server_span
 from rpc.dubbo import codec
@@ -136,8 +136,7 @@ class DubboServer:
         self.max_body = max_body
         self.services = {(e.path, e.version): e for e in exported}
         self.server: asyncio.base_events.Server | None = None
-        s = ctx.settings
-        self.side = HttpServer(make_app(ctx), s.address, s.metrics_port) if s.metrics_port else None
+        self.side = metrics_listener(ctx)
 
     def _find(self, invocation: Invocation) -> Exported:
         exported = self.services.get((invocation.path, invocation.version or ""))

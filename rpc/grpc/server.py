@@ -8,7 +8,7 @@ import grpc
 
 from infra.grpc_service import GrpcServer
 from infra.service import Component, Context, run
-from rpc.discovery import Registration
+from rpc.discovery import registration
 from rpc.errors import grpc_method
 from rpc.proto import order_pb2, order_pb2_grpc
 from services.order_store import OrderRow
@@ -80,11 +80,8 @@ async def build(ctx: Context) -> Sequence[Component]:
         order_pb2_grpc.add_OrderServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
-    registration = []
-    if registry := ctx.settings.get("REGISTRY", ""):
-        # Registered only once the server is up (components start in order).
-        registration = [Registration(registry, ctx.settings.role, ctx.settings)]
-    return [*components, GrpcServer(ctx, register), *registration]
+    # Registered only once the server is up (components start in order).
+    return [*components, GrpcServer(ctx, register), *registration(ctx.settings)]
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from defusedxml.ElementTree import fromstring
 from infra.http import HttpServer, make_app
 from infra.service import Component, Context, run
 from infra.telemetry import mark_error, server_span
-from rpc.discovery import Registration
+from rpc.discovery import registration
 from rpc.errors import Code, DomainError
 from services.order_store import OrderRow
 from services.orders import Line, Orders, PlaceOrder, domain
@@ -284,10 +284,7 @@ async def build(ctx: Context) -> Sequence[Component]:
     orders, components = domain(s)
     app = make_app(ctx, client_max_size=MAX_BODY)
     app.add_routes(routes(OrderSoap(orders, s.name), ctx))
-    registration = []
-    if registry := s.get("REGISTRY", ""):
-        registration = [Registration(registry, s.role, s)]
-    return [*components, HttpServer(app, s.address, s.port), *registration]
+    return [*components, HttpServer(app, s.address, s.port), *registration(s)]
 
 
 def main() -> None:

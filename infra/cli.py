@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,20 @@ def _get_json(url: str) -> Any:
         return json.load(response)
 
 
+def _trace_or_order(base: str, ident: str) -> Any:
+    """A trace by its id, or else the newest trace of the order with that id."""
+    try:
+        return _get_json(f"{base}/api/traces/{ident}")
+    except urllib.error.HTTPError as exc:
+        if exc.code not in (400, 404):
+            raise
+        query = urllib.parse.urlencode({"attr": f"order.id={ident}", "limit": 1})
+        found = _get_json(f"{base}/api/traces?{query}")["traces"]
+        if not found:
+            raise
+        return _get_json(f"{base}/api/traces/{found[0]['trace_id']}")
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from infra.traceview import render
 
@@ -224,7 +239,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
                 )
             console.print(table)
             return 0
-        doc = _get_json(f"{base}/api/traces/{args.trace_id}")
+        doc = _trace_or_order(base, args.trace_id)
     except urllib.error.HTTPError as exc:
         err.print(f"[red]{exc.code}[/] {exc.read().decode(errors='replace').strip()}")
         return 1
@@ -272,7 +287,7 @@ def parser() -> argparse.ArgumentParser:
     logs.add_argument("--raw", action="store_true", help="the JSON lines as written")
     logs.set_defaults(func=cmd_logs)
 
-    trace = sub.add_parser("trace", help="draw a trace's waterfall")
+    trace = sub.add_parser("trace", help="draw a trace's waterfall (by trace or order id)")
     trace.add_argument("trace_id", nargs="?")
     trace.add_argument("--attrs", action="store_true", help="show span attributes")
     trace.add_argument("--limit", type=int, default=20)

@@ -32,6 +32,8 @@ import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from opentelemetry import trace
+
 from infra.config import Settings
 from infra.db import ThreadOwned
 from infra.service import Component
@@ -161,6 +163,10 @@ class Orders:
             future.set_result(row)
         finally:
             del self._inflight[key]
+        # On the protocol server's span, whichever wire: `./d11 trace ORDER_ID` finds it.
+        span = trace.get_current_span()
+        span.set_attribute("order.id", row.order_id)
+        span.set_attribute("order.status", row.status)
         return outcome(row)
 
     def _hinted_sold_out(self, lines: tuple[Line, ...]) -> int | None:

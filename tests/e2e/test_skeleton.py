@@ -123,6 +123,8 @@ def test_d11_trace_draws_the_waterfall(stack: Stack, traced_order):
     for span in traced_order["spans"]:
         assert span["name"] in out
     assert "order-grpc" in out and "controller-" in out and "gateway" in out
+    by_order = stack.d11("trace", traced_order["order"]["order_id"]).stdout
+    assert f"trace {traced_order['trace_id']}" in by_order
     assert stack.d11("trace", "0" * 31 + "1", check=False).returncode == 1
 
 

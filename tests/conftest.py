@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from infra import ROOT
 from infra import topology as topo
@@ -48,6 +49,14 @@ class Stack:
 
     def d11(self, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:
         return d11(*args, env=self.env, **kwargs)
+
+
+def one_host_env(tmp_path: Path, host: dict) -> dict[str, str]:
+    """The environment for ``./d11`` with a topology of one host (a mapping as in
+    topology.yaml) written under ``tmp_path``, and its run files in ``tmp_path/run``."""
+    path = tmp_path / "topology.yaml"
+    path.write_text(yaml.safe_dump({"hosts": [host]}))
+    return stack_env(tmp_path / "run", path)
 
 
 def stack_env(run_dir: Path, topology_path: Path | None = None) -> dict[str, str]:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import secrets
 from collections import Counter
 
-import yaml
-
-from tests.conftest import Stack, d11, set_stock, stack_env
+from tests.conftest import Stack, d11, one_host_env, set_stock
 
 
 def test_request_id_is_generated_or_kept(stack: Stack, http):
@@ -39,22 +37,18 @@ def test_failed_connect_moves_on_to_the_next_upstream(stack: Stack, http, tmp_pa
     # A second gateway whose first upstream has nothing listening.
     live = stack.topology.host("controller-1").endpoint
     set_stock(stack, 8, 1000)
-    spec = {
-        "hosts": [
-            {
-                "name": "gateway-failover",
-                "role": "gateway",
-                "address": "127.10.9.10",
-                "port": 8080,
-                "protocol": "http",
-                "module": "gateway",
-                "env": {"D11_UPSTREAMS": f"127.10.9.99:8080,{live}"},
-            }
-        ]
-    }
-    path = tmp_path / "topology.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    env = stack_env(tmp_path / "run", path)
+    env = one_host_env(
+        tmp_path,
+        {
+            "name": "gateway-failover",
+            "role": "gateway",
+            "address": "127.10.9.10",
+            "port": 8080,
+            "protocol": "http",
+            "module": "gateway",
+            "env": {"D11_UPSTREAMS": f"127.10.9.99:8080,{live}"},
+        },
+    )
     d11("up", "--detach", env=env)
     try:
         for _ in range(4):

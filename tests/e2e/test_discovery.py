@@ -8,36 +8,30 @@ import secrets
 import signal
 import time
 
-import yaml
-
 from infra.procs import PidDir
-from tests.conftest import Stack, d11, set_stock, stack_env, wait_for
+from tests.conftest import Stack, d11, one_host_env, set_stock, wait_for
 
 
 def test_a_new_instance_takes_traffic_and_a_dead_one_stops_getting_it(stack: Stack, http, tmp_path):
     set_stock(stack, 13, 100_000)
     main = stack.topology.host("order-grpc")
-    spec = {
-        "hosts": [
-            {
-                "name": "order-grpc-2",
-                "role": "order-grpc",
-                "address": "127.10.9.33",
-                "port": main.port,
-                "metrics_port": main.metrics_port,
-                "protocol": "grpc",
-                "module": main.module,
-                # Same store, same saga participants, same registry as the main stack.
-                "env": {
-                    **stack.topology.environment(main),
-                    "D11_ORDER_DB": str(stack.run_dir / "data" / "orders" / "orders.sqlite3"),
-                },
-            }
-        ]
-    }
-    path = tmp_path / "topology.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    env = stack_env(tmp_path / "run", path)
+    env = one_host_env(
+        tmp_path,
+        {
+            "name": "order-grpc-2",
+            "role": "order-grpc",
+            "address": "127.10.9.33",
+            "port": main.port,
+            "metrics_port": main.metrics_port,
+            "protocol": "grpc",
+            "module": main.module,
+            # Same store, same saga participants, same registry as the main stack.
+            "env": {
+                **stack.topology.environment(main),
+                "D11_ORDER_DB": str(stack.run_dir / "data" / "orders" / "orders.sqlite3"),
+            },
+        },
+    )
     d11("up", "--detach", env=env)
     registry = stack.url("registry", "/v1/services/order-grpc")
     try:

@@ -11,11 +11,10 @@ import threading
 import time
 
 import httpx
-import yaml
 from aiohttp import web
 
 from infra.procs import PidDir
-from tests.conftest import d11, stack_env, wait_for
+from tests.conftest import d11, one_host_env, wait_for
 
 UPSTREAM = ("127.10.8.51", 8080)
 GATEWAY = ("127.10.8.50", 8080)
@@ -43,22 +42,18 @@ def slow_upstream(stop: threading.Event) -> threading.Thread:
 def test_sigterm_lets_in_flight_requests_finish(tmp_path):
     stop = threading.Event()
     upstream = slow_upstream(stop)
-    spec = {
-        "hosts": [
-            {
-                "name": "gateway-drain",
-                "role": "gateway",
-                "address": GATEWAY[0],
-                "port": GATEWAY[1],
-                "protocol": "http",
-                "module": "gateway",
-                "env": {"D11_UPSTREAMS": f"{UPSTREAM[0]}:{UPSTREAM[1]}"},
-            }
-        ]
-    }
-    path = tmp_path / "topology.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    env = stack_env(tmp_path / "run", path)
+    env = one_host_env(
+        tmp_path,
+        {
+            "name": "gateway-drain",
+            "role": "gateway",
+            "address": GATEWAY[0],
+            "port": GATEWAY[1],
+            "protocol": "http",
+            "module": "gateway",
+            "env": {"D11_UPSTREAMS": f"{UPSTREAM[0]}:{UPSTREAM[1]}"},
+        },
+    )
     env["OTEL_TRACES_EXPORTER"] = "none"
     d11("up", "--detach", env=env)
     try:

@@ -15,40 +15,30 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import yaml
 
 from infra import ROOT
 from infra.procs import PidDir
-from tests.conftest import D11, d11, stack_env, wait_for
+from tests.conftest import D11, d11, one_host_env, stack_env, wait_for
 
-
-def write_topology(path, address: str, name: str = "probe-controller") -> None:
-    spec = {
-        "hosts": [
-            {
-                "name": name,
-                "role": "controller",
-                "address": address,
-                "port": 8080,
-                "protocol": "http",
-                "module": "services.controller",
-                "env": {
-                    "D11_ORDER_GRPC": "127.10.8.99:50051",
-                    "D11_INVENTORY": "127.10.8.99:50061",
-                    "D11_COUPON": "127.10.8.99:50062",
-                },
-            }
-        ]
-    }
-    path.write_text(yaml.safe_dump(spec))
+PROBE_CONTROLLER = {
+    "name": "probe-controller",
+    "role": "controller",
+    "address": "127.10.8.21",
+    "port": 8080,
+    "protocol": "http",
+    "module": "services.controller",
+    "env": {
+        "D11_ORDER_GRPC": "127.10.8.99:50051",
+        "D11_INVENTORY": "127.10.8.99:50061",
+        "D11_COUPON": "127.10.8.99:50062",
+    },
+}
 
 
 @pytest.fixture
 def solo(tmp_path):
     """A one-host topology on an address no other test uses."""
-    topology = tmp_path / "topology.yaml"
-    write_topology(topology, "127.10.8.21")
-    env = stack_env(tmp_path / "run", topology)
+    env = one_host_env(tmp_path, PROBE_CONTROLLER)
     yield env, tmp_path / "run"
     d11("down", env=env, check=False)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 
-from infra.db import ThreadOwned, Transaction, connect
+from infra.db import ThreadOwned, Transaction, open_database, store_location
 from infra.grpc_service import GrpcServer
 from infra.service import Component, Context, run
 from rpc.errors import Code, DomainError, grpc_method
@@ -33,8 +33,8 @@ CREATE TABLE IF NOT EXISTS coupons (
     min_total_cents INTEGER NOT NULL DEFAULT 0,
     per_user_limit INTEGER NOT NULL DEFAULT 1,
     total_limit INTEGER NOT NULL DEFAULT 0,
-    valid_from_ms INTEGER NOT NULL,
-    valid_until_ms INTEGER NOT NULL,
+    valid_from_ms BIGINT NOT NULL,
+    valid_until_ms BIGINT NOT NULL,
     redeemed INTEGER NOT NULL DEFAULT 0 CHECK (redeemed >= 0)
 );
 CREATE TABLE IF NOT EXISTS redemptions (
@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS redemptions (
     user_id TEXT NOT NULL,
     discount_cents INTEGER NOT NULL,
     state TEXT NOT NULL,
-    at_ms INTEGER NOT NULL
+    at_ms BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS redemptions_by_user ON redemptions (code, user_id, state);
 """
@@ -85,7 +85,7 @@ class CouponStore:
     """Synchronous; runs on the store's own thread (infra.db.ThreadOwned)."""
 
     def __init__(self, path: Path | str) -> None:
-        self.db = connect(path)
+        self.db = open_database(path, schema="coupon")
         self.db.executescript(SCHEMA)
         if self.db.execute("SELECT COUNT(*) FROM coupons").fetchone()[0] == 0:
             now = _now_ms()
@@ -269,7 +269,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CouponService"].full_name
 
 
 async def build(ctx: Context) -> Sequence[Component]:
-    path = ctx.settings.data_dir / "coupon.sqlite3"
+    path = store_location(ctx.settings.env, ctx.settings.data_dir / "coupon.sqlite3")
     store = ThreadOwned(lambda: CouponStore(path), "coupon-db")
     servicer = CouponServicer(store)
 

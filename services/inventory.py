@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from infra.db import ThreadOwned, Transaction, connect
+from infra.db import ThreadOwned, Transaction, open_database, store_location
 from infra.grpc_service import GrpcServer
 from infra.service import Component, Context, run
 from infra.tasks import Periodic
@@ -41,8 +41,8 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE TABLE IF NOT EXISTS reservations (
     reservation_id TEXT PRIMARY KEY,
     state TEXT NOT NULL,
-    expires_at_ms INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL
+    expires_at_ms BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS reservations_expiry ON reservations (state, expires_at_ms);
 CREATE TABLE IF NOT EXISTS reservation_lines (
@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS reservation_lines (
     item_id INTEGER NOT NULL,
     quantity INTEGER NOT NULL CHECK (quantity > 0),
     PRIMARY KEY (reservation_id, item_id)
-) WITHOUT ROWID;
+) {without_rowid};
 """
 
 MAX_TTL_S = 3600
@@ -88,7 +88,7 @@ class InventoryStore:
     """Synchronous; runs on the store's own thread (infra.db.ThreadOwned)."""
 
     def __init__(self, path: Path | str) -> None:
-        self.db = connect(path)
+        self.db = open_database(path, schema="inventory")
         self.db.executescript(SCHEMA)
         if self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 0:
             with Transaction(self.db):
@@ -123,9 +123,9 @@ class InventoryStore:
                 return existing
             for item_id, quantity in sorted(lines.items()):
                 updated = self.db.execute(
-                    "UPDATE items SET available = available - ?1, reserved = reserved + ?1"
-                    " WHERE item_id = ?2 AND available >= ?1",
-                    (quantity, item_id),
+                    "UPDATE items SET available = available - ?, reserved = reserved + ?"
+                    " WHERE item_id = ? AND available >= ?",
+                    (quantity, quantity, item_id, quantity),
                 ).rowcount
                 if not updated:
                     # Raising rolls the whole reservation back: all lines or none.
@@ -194,9 +194,8 @@ class InventoryStore:
         source, sink = move
         for item_id, quantity in current.lines:
             self.db.execute(
-                f"UPDATE items SET {source} = {source} - ?1, {sink} = {sink} + ?1"
-                " WHERE item_id = ?2",
-                (quantity, item_id),
+                f"UPDATE items SET {source} = {source} - ?, {sink} = {sink} + ? WHERE item_id = ?",
+                (quantity, quantity, item_id),
             )
         self.db.execute(
             "UPDATE reservations SET state = ?, updated_at_ms = ? WHERE reservation_id = ?",
@@ -329,7 +328,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InventoryService"].full_name
 
 async def build(ctx: Context) -> Sequence[Component]:
     s = ctx.settings
-    path = s.data_dir / "inventory.sqlite3"
+    path = store_location(s.env, s.data_dir / "inventory.sqlite3")
     store = ThreadOwned(lambda: InventoryStore(path), "inventory-db")
     servicer = InventoryServicer(store, s.get_int("RESERVATION_TTL", 300))
 

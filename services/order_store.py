@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from infra.db import Transaction, connect
+from infra.db import Transaction, open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -29,10 +29,10 @@ CREATE TABLE IF NOT EXISTS orders (
     total_cents INTEGER NOT NULL,
     discount_cents INTEGER NOT NULL DEFAULT 0,
     owner TEXT NOT NULL,
-    lease_until_ms INTEGER NOT NULL,
+    lease_until_ms BIGINT NOT NULL,
     finalized INTEGER NOT NULL DEFAULT 0,
-    created_at_ms INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL
+    created_at_ms BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS orders_by_user ON orders (user_id, created_at_ms);
 CREATE INDEX IF NOT EXISTS orders_owed ON orders (finalized, status);
@@ -45,12 +45,12 @@ CREATE TABLE IF NOT EXISTS order_lines (
     quantity INTEGER NOT NULL CHECK (quantity > 0),
     unit_price_cents INTEGER NOT NULL,
     PRIMARY KEY (order_id, line_no)
-) WITHOUT ROWID;
+) {without_rowid};
 CREATE TABLE IF NOT EXISTS order_history (
-    id INTEGER PRIMARY KEY,  -- insertion order is history order
+    id {serial_pk},  -- insertion order is history order
     order_id TEXT NOT NULL REFERENCES orders,
     status TEXT NOT NULL,
-    at_ms INTEGER NOT NULL,
+    at_ms BIGINT NOT NULL,
     note TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS order_history_by_order ON order_history (order_id, id);
@@ -96,8 +96,7 @@ class OrderStore:
     """Synchronous; runs on the store's own thread (infra.db.ThreadOwned)."""
 
     def __init__(self, path: Path | str) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = connect(path)
+        self.db = open_database(path, schema="orders")
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -224,7 +223,7 @@ class OrderStore:
         by_status = dict(self.db.execute("SELECT status, COUNT(*) FROM orders GROUP BY status"))
         units = dict(
             self.db.execute(
-                "SELECT l.item_id, SUM(l.quantity) FROM order_lines l JOIN orders o"
+                "SELECT l.item_id, CAST(SUM(l.quantity) AS BIGINT) FROM order_lines l JOIN orders o"
                 " USING (order_id) WHERE o.status = 'CONFIRMED' GROUP BY l.item_id"
             )
         )

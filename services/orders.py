@@ -30,12 +30,11 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from opentelemetry import trace
 
 from infra.config import Settings
-from infra.db import ThreadOwned
+from infra.db import ThreadOwned, store_location
 from infra.service import Component
 from infra.tasks import Periodic, cancel
 from infra.telemetry import tracer
@@ -533,8 +532,10 @@ def domain(settings: Settings) -> tuple[Orders, list[Component]]:
     before the protocol server (in order: store, clients, committer, recovery)."""
     if settings.get("ORDER_BACKEND", "saga") == "noop":
         return NoopOrders(), []  # type: ignore[return-value]
+    # One store for the three order services: D11_ORDER_DB (a file or a URL), else
+    # DATABASE_URL, else the shared SQLite file of the run.
     default_db = settings.run_dir / "data" / "orders" / "orders.sqlite3"
-    path = Path(settings.get("ORDER_DB", str(default_db)))
+    path = settings.get("ORDER_DB", store_location(settings.env, default_db))
     store = ThreadOwned(lambda: OrderStore(path), "order-db")
     timeout = settings.get_float("DOWNSTREAM_TIMEOUT", 2.0)
     inventory = GrpcClient(

@@ -112,3 +112,36 @@ def set_stock(stack: Stack, item_id: int, available: int) -> None:
         inventory_pb2_grpc.InventoryServiceStub(channel).SetStock(
             inventory_pb2.SetStockRequest(item_id=item_id, available=available), timeout=5
         )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on loopback (Debian's server binaries, which .ci/run
+    installs); yields its URL. Root cannot run the server, so as root it runs as the
+    ``postgres`` user the Debian package creates."""
+    import shutil
+    import socket
+    import tempfile
+
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    assert found, "PostgreSQL server binaries missing: apt-get install postgresql"
+    bindir = found[-1].parent
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    base = Path(tempfile.mkdtemp(prefix="d11-pg-"))
+    base.chmod(0o777)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def pg(*cmd: str) -> None:
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=60)
+
+    pg(str(bindir / "initdb"), "-D", f"{base}/data", "-U", "d11", "--auth=trust", "-E", "UTF8")
+    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1"
+    pg(str(bindir / "pg_ctl"), "-D", f"{base}/data", "-l", f"{base}/log", "-w", "-o", options,
+       "start")  # fmt: skip
+    try:
+        yield f"postgresql://d11@127.0.0.1:{port}/postgres"
+    finally:
+        pg(str(bindir / "pg_ctl"), "-D", f"{base}/data", "-m", "fast", "-w", "stop")
+        shutil.rmtree(base, ignore_errors=True)

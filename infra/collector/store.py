@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.collector.otlp import SpanRecord
-from infra.db import Transaction, connect
+from infra.db import Transaction, open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spans (
@@ -37,7 +37,7 @@ _COLUMNS = (
 
 class SpanStore:
     def __init__(self, path: Path | str) -> None:
-        self.db = connect(path)
+        self.db = open_database(path)
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:

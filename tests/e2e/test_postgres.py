@@ -1,0 +1,106 @@
+"""The PostgreSQL option (``DATABASE_URL``): a whole second stack whose inventory, coupon
+and order stores live in PostgreSQL, driven through its gateway like the SQLite one, and
+read back from PostgreSQL itself."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from infra import topology as topo
+from tests.conftest import Stack, d11, stack_env
+from tests.e2e.test_flash_sale import post_order, session
+
+
+@pytest.fixture(scope="module")
+def pg_stack(postgres: str, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("pg-stack")
+    # The same topology on other loopback addresses, so it runs beside the main stack.
+    path = tmp / "topology.yaml"
+    path.write_text(topo.DEFAULT_PATH.read_text().replace("127.10.0.", "127.10.7."))
+    env = stack_env(tmp / "run", path)
+    env["DATABASE_URL"] = postgres
+    d11("up", "--detach", env=env, timeout=120)
+    try:
+        yield Stack(topo.load(path), env, 0.0)
+    finally:
+        d11("down", env=env, check=False)
+
+
+def sql(url: str, query: str, *args) -> list[tuple]:
+    with psycopg.connect(url) as db:
+        return db.execute(query, args).fetchall()
+
+
+def admin_stock(stack: Stack, item_id: int, available: int) -> int:
+    r = httpx.put(
+        stack.url("controller-1", f"/api/admin/items/{item_id}/stock"),
+        json={"available": available},
+        headers={"X-Admin-Token": "double-11-lab-admin"},
+        timeout=10,
+        trust_env=False,
+    )
+    return r.status_code
+
+
+def stampede(stack: Stack, bodies: list[dict]) -> list[tuple]:
+    url = stack.url("gateway", "/api/orders")
+
+    async def go():
+        async with session() as client:
+            return await asyncio.gather(
+                *(post_order(client, url, secrets.token_hex(12), b) for b in bodies)
+            )
+
+    return asyncio.run(go())
+
+
+def test_flash_sale_on_postgres_sells_exactly_the_stock(pg_stack: Stack, postgres: str):
+    item, attempts, in_stock = 1, 400, 40
+    assert admin_stock(pg_stack, item, in_stock) == 200
+    results = stampede(
+        pg_stack,
+        [
+            {"user_id": f"pg-{n}", "lines": [{"item_id": item, "quantity": 1}]}
+            for n in range(attempts)
+        ],
+    )
+    statuses = Counter(r[1] for r in results)
+    assert statuses == {201: in_stock, 409: attempts - in_stock}, statuses
+    # Read back from PostgreSQL, not through our services.
+    ((available, reserved, sold),) = sql(
+        postgres, "SELECT available, reserved, sold FROM inventory.items WHERE item_id = %s", item
+    )
+    assert available == 0 and sold + reserved == in_stock
+    ((confirmed,),) = sql(
+        postgres,
+        "SELECT COALESCE(SUM(l.quantity), 0) FROM orders.order_lines l JOIN orders.orders o"
+        " USING (order_id) WHERE o.status = 'CONFIRMED' AND l.item_id = %s",
+        item,
+    )
+    assert confirmed == in_stock
+    # Nothing went to SQLite behind our back.
+    data = Path(pg_stack.env["D11_RUN_DIR"]) / "data"
+    assert not list(data.glob("*/inventory.sqlite3")) and not list(data.glob("*/coupon.sqlite3"))
+    assert not (data / "orders" / "orders.sqlite3").exists()
+
+
+def test_per_user_coupon_limit_holds_under_a_race_on_postgres(pg_stack: Stack, postgres: str):
+    """D11-10PCT allows 3 uses per user: 12 simultaneous orders by one user get 3."""
+    assert admin_stock(pg_stack, 9, 1000) == 200
+    user = f"pg-coupon-{secrets.token_hex(4)}"
+    body = {"user_id": user, "lines": [{"item_id": 9, "quantity": 1}], "coupon_code": "D11-10PCT"}
+    statuses = Counter(r[1] for r in stampede(pg_stack, [body] * 12))
+    assert statuses[201] == 3 and statuses[201] + statuses[422] == 12, statuses
+    ((used,),) = sql(
+        postgres,
+        "SELECT COUNT(*) FROM coupon.redemptions WHERE user_id = %s AND state = 'REDEEMED'",
+        user,
+    )
+    assert used == 3

@@ -1,3 +1,3 @@
-from gateway.proxy import main
+from gateway.main import main
 
 main()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -78,15 +80,50 @@ def make_app(ctx: Context, *, client_max_size: int = 1024**2) -> web.Application
 
 
 class HttpServer:
-    """Serves an aiohttp app on one address; ``reuse_port`` lets worker processes share it."""
+    """Serves an aiohttp app on one address; ``reuse_port`` lets worker processes share it,
+    ``ssl_context`` makes it HTTPS. Subclasses may wrap the protocol factory (per-connection
+    policies such as header timeouts) and pass options to aiohttp's runner."""
 
-    def __init__(self, app: web.Application, address: str, port: int, *, reuse_port: bool = False):
+    def __init__(
+        self,
+        app: web.Application,
+        address: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        sock: socket.socket | None = None,
+    ):
         self.app, self.address, self.port, self.reuse_port = app, address, port, reuse_port
+        self.ssl_context = ssl_context
+        self.sock = sock  # already bound and listening (inherited from a master process)
         self.runner: web.AppRunner | None = None
+        self.server: asyncio.AbstractServer | None = None
+
+    def runner_kwargs(self) -> dict:
+        return {}
+
+    def protocol_factory(self, factory: Callable[[], asyncio.Protocol]) -> Callable:
+        return factory
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0)
+        self.runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=5.0, **self.runner_kwargs()
+        )
         await self.runner.setup()
+        sock = self.sock or self._bind()
+        factory = self.runner.server
+        assert factory is not None
+        # asyncio calls listen() again with the backlog it is given, so it is given here too.
+        self.server = await asyncio.get_running_loop().create_server(
+            self.protocol_factory(factory),
+            sock=sock,
+            ssl=self.ssl_context,
+            backlog=LISTEN_BACKLOG,
+            ssl_handshake_timeout=10 if self.ssl_context else None,
+        )
+
+    def _bind(self) -> socket.socket:
         # Bind the socket ourselves so a taken port is reported as such, not as a traceback.
         sock = socket.socket(socket.AF_INET6 if ":" in self.address else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -103,12 +140,13 @@ class HttpServer:
         # and the kernel resets them. The kernel caps this at net.core.somaxconn.
         sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
-        # asyncio calls listen() again with the site's backlog, so it is given here too.
-        await web.SockSite(self.runner, sock, backlog=LISTEN_BACKLOG).start()
+        return sock
 
     async def stop(self, grace: float) -> None:
+        if self.server is not None:
+            self.server.close()  # stop accepting
         if self.runner is not None:
-            # Stops accepting, lets in-flight requests finish (bounded), then closes.
+            # Lets in-flight requests finish (bounded), then closes.
             await self.runner.cleanup()
 
 

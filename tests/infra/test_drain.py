@@ -51,7 +51,11 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path):
             "port": GATEWAY[1],
             "protocol": "http",
             "module": "gateway",
-            "env": {"D11_UPSTREAMS": f"{UPSTREAM[0]}:{UPSTREAM[1]}"},
+            # The shipped gateway.conf, both controller slots pointed at the slow upstream.
+            "env": {
+                "D11_UPSTREAM_CONTROLLERS": f"{UPSTREAM[0]}:{UPSTREAM[1]}," * 2,
+                "D11_GATEWAY_EXTENSIONS": "",
+            },
         },
     )
     env["OTEL_TRACES_EXPORTER"] = "none"

@@ -19,7 +19,7 @@ def test_references_expand_to_address_and_port():
     t = topology.load()
     gw = t.environment(t.host("gateway"))
     c1, c2 = t.host("controller-1"), t.host("controller-2")
-    assert gw["D11_UPSTREAMS"] == f"{c1.address}:{c1.port},{c2.address}:{c2.port}"
+    assert gw["D11_UPSTREAM_CONTROLLERS"] == f"{c1.address}:{c1.port},{c2.address}:{c2.port}"
     assert t.expand("${gateway.address}|${gateway.port}") == "127.10.0.10|8080"
 
 

@@ -1,0 +1,118 @@
+"""Our gateway against real nginx, as reverse proxies: the same config subset, the same
+worker count, the same upstream (a third nginx answering ``200 ok``, so the upstream is
+never the bottleneck), loaded by wrk with the same settings, one after the other in one
+run. Prints req/s and latency percentiles of both, and the ratio.
+
+    .venv/bin/python -m bench.gateway --workers 1 --seconds 10 --connections 64
+
+Bounded by ``--seconds`` per proxy; traffic stays on loopback (127.10.8.0/24).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tests.peers import our_gateway, real_nginx, wait_port
+
+UPSTREAM = "127.10.8.30:9100"
+OURS = ("127.10.8.31", 8080)
+NGINX = ("127.10.8.32", 8080)
+
+UPSTREAM_CONF = f"""
+worker_processes 1;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    server {{ listen {UPSTREAM}; keepalive_requests 1000000; location / {{ return 200 "ok"; }} }}
+}}
+"""
+
+
+def proxy_conf(listen: str, workers: int, access_log: bool) -> str:
+    log = "access_log logs/access.log;" if access_log else "access_log off;"
+    return f"""
+worker_processes {workers};
+events {{ worker_connections 4096; }}
+http {{
+    {log}
+    upstream backend {{ server {UPSTREAM}; keepalive 64; }}
+    server {{
+        listen {listen};
+        keepalive_timeout 75s;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def wrk(url: str, seconds: int, connections: int, threads: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        capture_output=True, text=True, timeout=seconds + 60, check=True,
+    ).stdout  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    result = {"rps": rps, "non2xx": float(errors.group(1)) if errors else 0.0}
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if m:
+            scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+            result[f"p{pct}_ms"] = float(m.group(1)) * scale
+    if socket_errors:
+        print(f"  wrk socket errors: {socket_errors.group(1)}")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--access-log", action="store_true", help="both proxies log each request")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk missing: apt-get install wrk")
+    tmp = Path(tempfile.mkdtemp(prefix="d11-bench-gw-"))
+    results = {}
+    with real_nginx(UPSTREAM_CONF, UPSTREAM):
+        wait_port(UPSTREAM)
+        conf = tmp / "gateway.conf"
+        conf.write_text(proxy_conf(f"{OURS[0]}:{OURS[1]}", args.workers, args.access_log))
+        (tmp / "run" / "logs").mkdir(parents=True)
+        with our_gateway(conf, OURS[0], OURS[1], run_dir=tmp / "run"):
+            url = f"http://{OURS[0]}:{OURS[1]}/"
+            wrk(url, 2, args.connections, args.threads)  # warm-up
+            results["double-11 gateway"] = wrk(url, args.seconds, args.connections, args.threads)
+        nginx_conf = proxy_conf(f"{NGINX[0]}:{NGINX[1]}", args.workers, args.access_log)
+        with real_nginx(nginx_conf, f"{NGINX[0]}:{NGINX[1]}"):
+            url = f"http://{NGINX[0]}:{NGINX[1]}/"
+            wrk(url, 2, args.connections, args.threads)
+            results["nginx"] = wrk(url, args.seconds, args.connections, args.threads)
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(
+        f"reverse proxy, {args.workers} worker(s), wrk -t{args.threads} -c{args.connections}"
+        f" -d{args.seconds}s, upstream nginx 'return 200'"
+    )
+    print(f"{'proxy':20} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    for name, r in results.items():
+        print(
+            f"{name:20} {r['rps']:>10.0f} {r.get('p50_ms', 0):>8.2f} {r.get('p99_ms', 0):>8.2f}"
+            f" {r['non2xx']:>8.0f}"
+        )
+    ratio = results["double-11 gateway"]["rps"] / results["nginx"]["rps"]
+    print(f"ratio (ours / nginx): {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

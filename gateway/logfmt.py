@@ -11,8 +11,10 @@ import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aiohttp import web
+if TYPE_CHECKING:
+    from gateway.http1 import Request
 
 _VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 
@@ -49,7 +51,7 @@ def request_id(header: str | None) -> str:
 class Vars:
     """The variables of one request, computed when asked for."""
 
-    def __init__(self, request: web.Request, scheme: str) -> None:
+    def __init__(self, request: Request, scheme: str) -> None:
         self.request = request
         self.scheme = scheme
         self.started = time.time()
@@ -62,9 +64,8 @@ class Vars:
         self.body_bytes_sent = 0
         self.limit_req_status = ""
         self.location = None
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        self.remote_addr = peer[0] if peer else ""
-        self.remote_port = str(peer[1]) if peer else ""
+        self.remote_addr = request.remote_addr
+        self.remote_port = str(request.remote_port)
 
     def get(self, name: str) -> str:
         r = self.request
@@ -88,7 +89,7 @@ class Vars:
             case "scheme":
                 return self.scheme
             case "request":
-                return f"{r.method} {r.raw_path} HTTP/{r.version.major}.{r.version.minor}"
+                return f"{r.method} {r.raw_path} HTTP/{r.version}"
             case "request_method":
                 return r.method
             case "request_uri":
@@ -98,14 +99,13 @@ class Vars:
             case "args":
                 return r.query_string
             case "server_port":
-                sock = r.transport.get_extra_info("sockname") if r.transport else None
-                return str(sock[1]) if sock else ""
+                return str(r.server_port)
             case "status":
                 return str(self.status)
             case "body_bytes_sent" | "bytes_sent":
                 return str(self.body_bytes_sent)
             case "request_length":
-                return str(r.content_length or 0)
+                return str(len(r.body))
             case "request_time":
                 return f"{time.perf_counter() - self.perf:.3f}"
             case "upstream_addr":

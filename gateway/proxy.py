@@ -14,6 +14,7 @@ nginx does. ``max_fails`` counts errors, timeouts and listed 5xx, never 403/404.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import ssl
@@ -21,18 +22,29 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import aiohttp
-from aiohttp import web
-from opentelemetry import trace
-
 from gateway.balancer import Balancer, Peer
 from gateway.config import Config, Location, Server, Upstream, UpstreamServer
+from gateway.http1 import (
+    REASONS,
+    Limits,
+    Listener,
+    Request,
+    Response,
+    UpstreamError,
+    UpstreamPool,
+    encode_request,
+)
 from gateway.limit import Zone
 from gateway.logfmt import AccessLog, Template, Vars
-from infra.http import HttpServer, make_app
-from infra.pki import ensure_server_cert
+from infra.pki import ensure_server_cert, pki_dir
 from infra.service import Component, Context
-from infra.telemetry import client_span, mark_error
+from infra.telemetry import (
+    PROMETHEUS_CONTENT_TYPE,
+    client_span,
+    mark_error,
+    server_span,
+    tracing_enabled,
+)
 
 log = logging.getLogger("d11.gateway")
 
@@ -43,6 +55,7 @@ HOP_BY_HOP = frozenset(
         "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length", "Host",
     )
 )  # fmt: skip
+TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 # nginx hides these upstream headers and sends its own.
 HIDDEN = HOP_BY_HOP | {"server", "date", "x-pad", "x-accel-redirect", "x-accel-buffering"}
 ADD_HEADER_STATUSES = frozenset({200, 201, 204, 206, 301, 302, 303, 304, 307, 308})
@@ -50,22 +63,8 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 FAILURES = frozenset({"http_500", "http_502", "http_503", "http_504", "http_429"})
 SERVER_HEADER = "double-11"
 
-REASONS = {
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Not Allowed",
-    408: "Request Time-out",
-    413: "Request Entity Too Large",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Temporarily Unavailable",
-    504: "Gateway Time-out",
-}
 
-
-def error_page(status: int) -> web.Response:
+def error_page(status: int) -> Response:
     reason = REASONS.get(status, "Error")
     # The same page nginx sends for its own errors.
     html = (
@@ -73,12 +72,12 @@ def error_page(status: int) -> web.Response:
         f"<center><h1>{status} {reason}</h1></center>\r\n<hr><center>{SERVER_HEADER}</center>\r\n"
         "</body>\r\n</html>\r\n"
     )
-    return web.Response(status=status, text=html, content_type="text/html")
+    return Response(status, html.encode(), [("Content-Type", "text/html")])
 
 
-class UpstreamPool:
+class Upstreams:
     """Balancers for every upstream (and for each literal ``proxy_pass host:port``), and
-    one keep-alive client session shared by all of them."""
+    the keep-alive connection pool they share."""
 
     def __init__(self, config: Config) -> None:
         self.balancers = {name: Balancer(u) for name, u in config.upstreams.items()}
@@ -88,33 +87,27 @@ class UpstreamPool:
                 if target and target not in self.balancers:
                     single = Upstream(target, [UpstreamServer(target, max_fails=0)])
                     self.balancers[target] = Balancer(single)
-        self.keepalive = max((u.keepalive for u in config.upstreams.values()), default=0)
-        self.session: aiohttp.ClientSession | None = None
+        keepalive = max((u.keepalive for u in config.upstreams.values()), default=0)
+        self.pool = UpstreamPool(keepalive)
 
     async def start(self) -> None:
-        # Without ``keepalive`` nginx opens a connection per request; so do we.
-        pooling = {"keepalive_timeout": 60} if self.keepalive else {"force_close": True}
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, **pooling)
-        self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
-        )
+        pass
 
     async def stop(self, grace: float) -> None:
-        if self.session is not None:
-            await self.session.close()
+        self.pool.close()
 
 
 class HealthChecks:
     """Active probes (extensions.conf ``health_check``): a peer failing ``fails`` probes
     in a row is taken out until it passes ``passes`` in a row."""
 
-    def __init__(self, config: Config, pool: UpstreamPool) -> None:
+    def __init__(self, config: Config, upstreams: Upstreams) -> None:
         self.checks = [
-            (u.health_check, pool.balancers[name])
+            (u.health_check, upstreams.balancers[name])
             for name, u in config.upstreams.items()
             if u.health_check is not None
         ]
-        self.pool = pool
+        self.pool = UpstreamPool(0)
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -124,15 +117,17 @@ class HealthChecks:
 
     async def _probe(self, check, peer: Peer) -> None:
         bad = good = 0
-        url = f"http://{peer.address}{check.uri}"
-        timeout = aiohttp.ClientTimeout(total=check.timeout)
+        probe = encode_request(
+            "GET", check.uri, [("Host", peer.address), ("Connection", "close")], b""
+        )
         while True:
-            ok = False
             try:
-                assert self.pool.session is not None
-                async with self.pool.session.get(url, timeout=timeout) as r:
-                    ok = 200 <= r.status < 400
-            except (aiohttp.ClientError, TimeoutError):
+                r = await self.pool.exchange(
+                    peer.address, peer.host, peer.port, probe, head=False,
+                    connect_timeout=check.timeout, read_timeout=check.timeout,
+                )  # fmt: skip
+                ok = 200 <= r.status < 400
+            except UpstreamError:
                 ok = False
             bad, good = (0, good + 1) if ok else (bad + 1, 0)
             if peer.healthy and bad >= check.fails:
@@ -147,6 +142,7 @@ class HealthChecks:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.pool.close()
 
 
 def match_location(server: Server, path: str) -> Location | None:
@@ -172,10 +168,12 @@ def match_location(server: Server, path: str) -> Location | None:
 class Gateway:
     def __init__(self, ctx: Context, config: Config, zones: dict[str, Zone]) -> None:
         self.ctx, self.config, self.zones = ctx, config, zones
-        self.pool = UpstreamPool(config)
+        self.upstreams = Upstreams(config)
         self.access_logs = AccessLog(ctx.settings.run_dir, config.log_formats)
         self.header_templates: dict[int, list[tuple[str, Template]]] = {}
-        self.served: set[int] = set()
+        # Traced, the gateway's own span is the parent it sends on; untraced, it passes
+        # the client's trace headers through untouched.
+        self.strip = HOP_BY_HOP | TRACE_HEADERS if tracing_enabled() else HOP_BY_HOP
         self.add_headers: dict[int, list[tuple[str, Template, bool]]] = {}
         for server in config.servers:
             for loc in server.locations:
@@ -188,35 +186,58 @@ class Gateway:
                 ]
 
     # -- request path ------------------------------------------------------------------
-    def handler(self, servers: list[Server], scheme: str) -> Callable:
+    def handler(self, servers: list[Server], scheme: str, address: str, port: int) -> Callable:
         by_name = {name: s for s in servers for name in s.names}
         default = servers[0]
+        ctx = self.ctx
 
-        async def handle(request: web.Request) -> web.StreamResponse:
-            self.served.add(id(request.protocol))
+        async def handle(request: Request) -> Response:
+            if request.path in ("/healthz", "/metrics"):
+                return self._housekeeping(request.path)
             server = by_name.get(request.host.rsplit(":", 1)[0], default)
             v = Vars(request, scheme)
-            response = await self._handle(request, server, v)
+            started = time.perf_counter()
+            attributes = {
+                "http.request.method": request.method,
+                "url.path": request.path,
+                "server.address": address,
+                "server.port": port,
+                "client.address": request.remote_addr,
+                "d11.request_id": v.request_id,
+            }
+            with server_span(f"{request.method}", request.headers, attributes) as span:
+                response = await self._handle(request, server, v, span)
+                span.set_attribute("http.response.status_code", response.status)
+                if response.status >= 500:
+                    mark_error(span, f"HTTP {response.status}")
             v.status = response.status
-            v.body_bytes_sent = (
-                response.content_length or len(response.body or b"")
-                if isinstance(response, web.Response)
-                else 0
-            )
-            response.headers["Server"] = SERVER_HEADER
+            v.body_bytes_sent = len(response.body)
+            response.headers.append(("Server", SERVER_HEADER))
             settings = v.location.settings if v.location else server.settings
             for name, template, always in self.add_headers.get(id(settings), ()):
                 if always or response.status in ADD_HEADER_STATUSES:
                     value = template.render(v)
                     if value:  # nginx adds nothing for an empty value
-                        response.headers[name] = value
+                        response.set(name, value)
             self.access_logs.write(settings.access_log, v)
+            route = v.location.route() if v.location else "unmatched"
+            ctx.metrics.observe("http", f"{request.method} {route}", str(response.status), started)
             return response
 
         return handle
 
-    async def _handle(self, request: web.Request, server: Server, v: Vars) -> web.StreamResponse:
-        span = trace.get_current_span()
+    def _housekeeping(self, path: str) -> Response:
+        if path == "/metrics":
+            return Response(
+                200, self.ctx.metrics.render(), [("Content-Type", PROMETHEUS_CONTENT_TYPE)]
+            )
+        s = self.ctx.settings
+        state = "draining" if self.ctx.draining else "ok"
+        body = json.dumps({"status": state, "service": s.name, "role": s.role}).encode()
+        status = 503 if self.ctx.draining else 200
+        return Response(status, body, [("Content-Type", "application/json")])
+
+    async def _handle(self, request: Request, server: Server, v: Vars, span) -> Response:
         location = match_location(server, request.path)
         if location is None:
             return server_return(server) or error_page(404)
@@ -225,24 +246,15 @@ class Gateway:
         span.set_attribute("http.route", location.route())
         if location.ret is not None:
             return returned(*location.ret)
-        settings = location.settings
-        length = request.content_length
-        if length is not None and length > settings.client_max_body_size:
+        if len(request.body) > location.settings.client_max_body_size:
             return error_page(413)
-        decision = await self._limit(location, v, span)
-        if decision is not None:
-            return error_page(settings.limit_req_status)
-        try:
-            async with asyncio.timeout(settings.client_body_timeout):
-                body = await read_body(request, settings.client_max_body_size)
-        except TimeoutError:
-            return error_page(408)
-        if body is None:
-            return error_page(413)  # a chunked body that grew past the limit
-        return await self._proxy(request, location, v, body, span)
+        rejected = await self._limit(location, v, span)
+        if rejected is not None:
+            return rejected
+        return await self._proxy(request, location, v, span)
 
-    async def _limit(self, location: Location, v: Vars, span) -> web.Response | None:
-        """Apply every limit_req of the location; a rejection returns non-None."""
+    async def _limit(self, location: Location, v: Vars, span) -> Response | None:
+        """Apply every limit_req of the location; a rejection returns its error page."""
         delay = 0.0
         for limit in location.settings.limit_req:
             zone = self.zones[limit.zone]
@@ -261,26 +273,23 @@ class Gateway:
             await asyncio.sleep(delay)
         return None
 
-    async def _proxy(
-        self, request: web.Request, location: Location, v: Vars, body: bytes, span
-    ) -> web.StreamResponse:
+    async def _proxy(self, request: Request, location: Location, v: Vars, span) -> Response:
         settings = location.settings
-        assert location.proxy_pass is not None and self.pool.session is not None
-        balancer = self.pool.balancers[location.proxy_pass]
+        assert location.proxy_pass is not None
+        balancer = self.upstreams.balancers[location.proxy_pass]
+        pool = self.upstreams.pool
         headers = self._upstream_headers(request, location, v)
-        path = request.rel_url.raw_path_qs
+        target = request.raw_path
         if location.proxy_uri is not None and location.modifier in ("", "^~", "="):
-            path = location.proxy_uri + path[len(location.path) :]
+            target = location.proxy_uri + target[len(location.path) :]
         next_upstream = settings.proxy_next_upstream
         max_tries = settings.proxy_next_upstream_tries or balancer.tries
         retry_after_send = request.method in IDEMPOTENT or "non_idempotent" in next_upstream
         key = v.render_key(balancer.hash_key) if balancer.hash_key else ""
-        timeout = aiohttp.ClientTimeout(
-            sock_connect=settings.proxy_connect_timeout, sock_read=settings.proxy_read_timeout
-        )
+        head = request.method == "HEAD"
         tried: set[Peer] = set()
         status = 502
-        last: web.Response | None = None
+        last: Response | None = None
         while len(tried) < max_tries:
             peer = balancer.get(tried, key)
             if peer is None:
@@ -296,107 +305,88 @@ class Gateway:
             }
             failed, retry, sent = True, False, True
             with client_span(f"proxy {balancer.name}", attrs) as (aspan, carrier):
+                data = encode_request(
+                    request.method, target, [*headers, *carrier.items()], request.body
+                )
                 try:
-                    async with self.pool.session.request(
-                        request.method,
-                        f"http://{peer.address}{path}",
-                        headers={**headers, **carrier},
-                        data=body or None,
-                        allow_redirects=False,
-                        timeout=timeout,
-                    ) as upstream:
-                        payload = await upstream.read()
-                        status = upstream.status
-                        aspan.set_attribute("http.response.status_code", status)
-                        v.upstream_status.append(str(status))
-                        reply = {
-                            k: val for k, val in upstream.headers.items() if k.lower() not in HIDDEN
-                        }
-                        last = web.Response(status=status, body=payload, headers=reply)
-                        listed = f"http_{status}" in next_upstream
-                        failed = listed and f"http_{status}" in FAILURES
-                        retry = listed
-                        if not listed:
-                            failed = False
-                except aiohttp.ClientConnectorError as exc:
-                    # Nothing reached the upstream: any method may go to the next peer.
-                    sent, status, retry = False, 502, "error" in next_upstream
-                    v.upstream_status.append("502")
-                    mark_error(aspan, f"connect() failed: {exc.os_error}")
-                except aiohttp.ConnectionTimeoutError:
-                    sent, status, retry = False, 504, "timeout" in next_upstream
-                    v.upstream_status.append("504")
-                    mark_error(aspan, "upstream timed out while connecting")
-                except TimeoutError:
-                    status, retry = 504, "timeout" in next_upstream
-                    v.upstream_status.append("504")
-                    mark_error(aspan, "upstream timed out while reading the response")
-                except aiohttp.ClientError as exc:
-                    status, retry = 502, "error" in next_upstream
-                    v.upstream_status.append("502")
-                    mark_error(aspan, f"upstream error: {exc}")
+                    upstream = await pool.exchange(
+                        peer.address, peer.host, peer.port, data, head=head,
+                        connect_timeout=settings.proxy_connect_timeout,
+                        read_timeout=settings.proxy_read_timeout,
+                    )  # fmt: skip
+                    status = upstream.status
+                    aspan.set_attribute("http.response.status_code", status)
+                    v.upstream_status.append(str(status))
+                    reply = [(k, val) for k, val in upstream.headers if k.lower() not in HIDDEN]
+                    last = Response(status, upstream.body, reply)
+                    listed = f"http_{status}" in next_upstream
+                    failed = listed and f"http_{status}" in FAILURES
+                    retry = listed
+                except UpstreamError as exc:
+                    sent = exc.sent
+                    status = 504 if exc.kind == "timeout" else 502
+                    retry = exc.kind in next_upstream or (
+                        exc.kind == "invalid_header" and "error" in next_upstream
+                    )
+                    v.upstream_status.append(str(status))
+                    last = None
+                    mark_error(aspan, str(exc))
                 finally:
                     v.upstream_response_time.append(time.perf_counter() - started)
                     balancer.free(peer, failed)
             if not retry or (sent and not retry_after_send):
                 break
-            last = None if last is None or last.status != status else last
         span.set_attribute("d11.upstream.attempts", len(tried))
         if tried:
-            span.set_attribute("d11.upstream.address", next(reversed(v.upstream_addr)))
+            span.set_attribute("d11.upstream.address", v.upstream_addr[-1])
         if last is not None:
             return last
         if not tried:
             log.error("no live upstreams", extra={"upstream": balancer.name})
         return error_page(status)
 
-    def _upstream_headers(self, request: web.Request, location: Location, v: Vars) -> dict:
-        headers = {k: val for k, val in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        headers.pop("traceparent", None)
-        headers.pop("tracestate", None)
+    def _upstream_headers(
+        self, request: Request, location: Location, v: Vars
+    ) -> list[tuple[str, str]]:
+        headers = {k.lower(): (k, val) for k, val in request.headers.items()
+                   if k.lower() not in self.strip}  # fmt: skip
+        # nginx's defaults: Host is the upstream's name, and the connection is closed
+        # after the request unless the config says otherwise (Connection "").
+        headers["host"] = ("Host", location.proxy_pass or "")
+        headers["connection"] = ("Connection", "close")
         for name, template in self.header_templates[id(location)]:
             value = template.render(v)
             if value:
-                headers[name] = value
+                headers[name.lower()] = (name, value)
             else:
-                headers.pop(name, None)  # an empty value removes the header, as in nginx
-        return headers
+                headers.pop(name.lower(), None)  # an empty value removes the header
+        return list(headers.values())
 
-    # -- servers -----------------------------------------------------------------------
+    # -- listeners ---------------------------------------------------------------------
     def listeners(self, ctx: Context, sockets: dict) -> list[Component]:
         """One HTTP(S) listener per (address, port) in the config, shared by its server
         blocks (virtual hosts by ``server_name``), on the master's sockets."""
         from gateway.main import listen_groups
 
-        groups = listen_groups(self.config, ctx.settings.address)
         out: list[Component] = []
-        max_body = max(
-            (loc.settings.client_max_body_size for s in self.config.servers for loc in s.locations),
-            default=1024**2,
-        )
-        for key, servers in groups.items():
+        for key, servers in listen_groups(self.config, ctx.settings.address).items():
             address, port, tls = key
-            app = make_app(ctx, client_max_size=max_body + 1)
-            app.router.add_route(
-                "*", "/{tail:.*}", self.handler(servers, "https" if tls else "http")
+            settings = servers[0].settings
+            limits = Limits(
+                settings.client_header_timeout,
+                settings.client_body_timeout,
+                settings.keepalive_timeout,
+                max(
+                    (loc.settings.client_max_body_size for s in servers for loc in s.locations),
+                    default=settings.client_max_body_size,
+                ),
             )
+            handle = self.handler(servers, "https" if tls else "http", address, port)
             context = self._tls(ctx, servers[0], address) if tls else None
-            out.append(
-                GuardedServer(
-                    app,
-                    address,
-                    port,
-                    ssl_context=context,
-                    sock=sockets[key],
-                    server=servers[0],
-                    gateway=self,
-                )
-            )
+            out.append(Listener(handle, limits, sockets[key], context))
         return out
 
     def _tls(self, ctx: Context, server: Server, address: str) -> ssl.SSLContext:
-        from infra.pki import pki_dir
-
         assert server.ssl_certificate and server.ssl_certificate_key
         cert, key = Path(server.ssl_certificate), Path(server.ssl_certificate_key)
         if not cert.is_absolute():
@@ -418,67 +408,21 @@ class Gateway:
         return context
 
 
-async def read_body(request: web.Request, limit: int) -> bytes | None:
-    """The whole body, or None as soon as it exceeds ``limit``."""
-    if not request.can_read_body:
-        return b""
-    parts, size = [], 0
-    while chunk := await request.content.read(65536):
-        size += len(chunk)
-        if size > limit:
-            return None
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-def returned(code: int, text: str) -> web.Response:
+def returned(code: int, text: str) -> Response:
     if code in (301, 302, 303, 307, 308):
-        return web.Response(status=code, headers={"Location": text})
-    if not text and code in REASONS:
+        return Response(code, b"", [("Location", text)])
+    if not text and code in REASONS and code >= 400:
         return error_page(code)
-    return web.Response(status=code, text=text, content_type="text/plain")
+    return Response(code, text.encode(), [("Content-Type", "text/plain")])
 
 
-def server_return(server: Server) -> web.Response | None:
+def server_return(server: Server) -> Response | None:
     return returned(*server.ret) if server.ret else None
-
-
-class GuardedServer(HttpServer):
-    """An HTTP(S) listener that closes connections which have not sent a complete request
-    within ``client_header_timeout`` (slowloris), and that times out idle keep-alive."""
-
-    def __init__(self, app, address, port, *, ssl_context, sock, server: Server, gateway: Gateway):
-        super().__init__(app, address, port, ssl_context=ssl_context, sock=sock)
-        self.header_timeout = server.settings.client_header_timeout
-        self.keepalive = server.settings.keepalive_timeout
-        self.gateway = gateway
-
-    def runner_kwargs(self) -> dict:
-        return {"keepalive_timeout": self.keepalive}
-
-    def protocol_factory(self, factory: Callable[[], asyncio.Protocol]) -> Callable:
-        loop = asyncio.get_running_loop()
-        served = self.gateway.served
-
-        def check(protocol: asyncio.Protocol) -> None:
-            if id(protocol) in served:
-                served.discard(id(protocol))
-                return
-            transport = getattr(protocol, "transport", None)
-            if transport is not None and not transport.is_closing():
-                transport.close()
-
-        def make() -> asyncio.Protocol:
-            protocol = factory()
-            loop.call_later(self.header_timeout, check, protocol)
-            return protocol
-
-        return make
 
 
 async def start_gateway(
     ctx: Context, config: Config, zones: dict[str, Zone], sockets: dict
 ) -> Sequence[Component]:
     gateway = Gateway(ctx, config, zones)
-    return [gateway.pool, HealthChecks(config, gateway.pool), gateway.access_logs,
+    return [gateway.upstreams, HealthChecks(config, gateway.upstreams), gateway.access_logs,
             *gateway.listeners(ctx, sockets)]  # fmt: skip

@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 _TRACER_NAME = "double-11"
+_tracer: trace.Tracer | None = None  # set by setup_tracing; None = tracing off
 
 
 def setup_tracing(settings: Settings) -> TracerProvider | None:
@@ -66,11 +67,17 @@ def setup_tracing(settings: Settings) -> TracerProvider | None:
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
+    global _tracer
+    _tracer = provider.get_tracer(_TRACER_NAME)
     return provider
 
 
+def tracing_enabled() -> bool:
+    return _tracer is not None
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(_TRACER_NAME)
+    return _tracer or trace.get_tracer(_TRACER_NAME)
 
 
 def format_trace_id(span: Span | None = None) -> str:
@@ -94,7 +101,10 @@ def server_span(
     name: str, carrier: Mapping[str, str], attributes: Mapping[str, Any] | None = None
 ) -> Iterator[Span]:
     """A SERVER span continuing the trace found in an incoming carrier."""
-    with tracer().start_as_current_span(
+    if _tracer is None:  # tracing off: no span objects, no context switches
+        yield trace.INVALID_SPAN
+        return
+    with _tracer.start_as_current_span(
         name,
         context=extract(carrier),
         kind=SpanKind.SERVER,
@@ -109,8 +119,12 @@ def server_span(
 def client_span(
     name: str, attributes: Mapping[str, Any] | None = None
 ) -> Iterator[tuple[Span, dict[str, str]]]:
-    """A CLIENT span and the carrier (headers/metadata) to send with the outgoing call."""
-    with tracer().start_as_current_span(
+    """A CLIENT span and the carrier (headers/metadata) to send with the outgoing call.
+    With tracing off the carrier is empty: callers pass on what they received instead."""
+    if _tracer is None:
+        yield trace.INVALID_SPAN, {}
+        return
+    with _tracer.start_as_current_span(
         name, kind=SpanKind.CLIENT, attributes=attributes, record_exception=True
     ) as span:
         yield span, inject({})
@@ -140,10 +154,20 @@ class Metrics:
             registry=self.registry,
         )
         self.service = service
+        # labels() hashes and locks on every call; the children are few, so keep them.
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def observe(self, protocol: str, operation: str, outcome: str, started: float) -> None:
-        self.requests.labels(protocol, operation, outcome).inc()
-        self.latency.labels(protocol, operation).observe(time.perf_counter() - started)
+        key = (protocol, operation, outcome)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(protocol, operation, outcome),
+                self.latency.labels(protocol, operation),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

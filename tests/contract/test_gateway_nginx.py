@@ -306,8 +306,11 @@ def test_failover_when_an_upstream_dies_mid_load(tmp_path):
                 dying.kill()
                 return await task
 
+            started = time.monotonic()
             statuses = asyncio.run(run())
         assert Counter(statuses) == {200: 600}
+        # Requests caught on the dying peer fail over at once, not after a read timeout.
+        assert time.monotonic() - started < 15
 
 
 # -- limit_req ------------------------------------------------------------------------------
@@ -464,3 +467,32 @@ def test_workers_share_the_port_and_reload_drops_nothing(peers, tmp_path):
         assert r.status_code == 200 and r.headers["X-Gen"] == "two"
         assert master.poll() is None
         wait_port("127.10.8.5:8080")
+
+
+def test_a_body_delimited_by_the_upstream_closing_is_passed_on(tmp_path):
+    """HTTP/1.0-style answers (no Content-Length, not chunked) end when the upstream closes."""
+    import threading
+
+    server = socket.create_server(("127.10.8.16", 9000))
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")
+        server.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    conf = tmp_path / "g.conf"
+    conf.write_text(
+        "events {}\nhttp {\n  proxy_read_timeout 5s;\n"
+        "  server { listen 127.10.8.6:8080;\n"
+        "    location / { proxy_pass http://127.10.8.16:9000; } }\n}\n"
+    )
+    with our_gateway(conf, "127.10.8.6", 8080, run_dir=tmp_path / "run"), client() as c:
+        started = time.monotonic()
+        for _ in range(2):
+            r = c.get("http://127.10.8.6:8080/x")
+            assert (r.status_code, r.text) == (200, "until the end")
+        assert time.monotonic() - started < 3

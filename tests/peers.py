@@ -5,7 +5,7 @@ plain HTTP upstreams that say who they are.
 address: ``/who`` (its own address), ``/status/N`` (that status), ``/slow/MS`` (answers
 after MS milliseconds), ``/echo`` (method, path, headers and body length as JSON) and
 ``/slowon?addr=A`` (one second late, on address A only) and ``/healthz`` (503 while
-``DIR/PORT.sick`` exists). Any other path answers like ``/who``.
+``DIR/PORT.sick`` or ``DIR/ADDRESS.sick`` exists). Any other path answers like ``/who``.
 """
 
 from __future__ import annotations
@@ -138,10 +138,14 @@ async def _serve(addresses: list[str], sick_dir: Path | None) -> None:
     for address in addresses:
         host, _, port = address.rpartition(":")
 
-        async def handle(request: web.Request, me: str = address, port: str = port):
+        async def handle(
+            request: web.Request, me: str = address, port: str = port, host: str = host
+        ):
             path = request.path
             if path == "/healthz":
-                sick = sick_dir is not None and (sick_dir / f"{port}.sick").exists()
+                sick = sick_dir is not None and (
+                    (sick_dir / f"{port}.sick").exists() or (sick_dir / f"{host}.sick").exists()
+                )
                 return web.Response(status=503 if sick else 200, text=me)
             if path.startswith("/status/"):
                 return web.Response(status=int(path.split("/")[2]), text=me)

@@ -135,6 +135,22 @@ def test_rate_limit_decision_is_on_the_span_and_over_limit_is_429(stack: Stack, 
 
     statuses = Counter(asyncio.run(stampede()))
     assert statuses[429] >= 30 and statuses[400] >= 41, statuses  # 400: the empty body
+    # The decision is on the gateway's span.
+    trace_id = secrets.token_hex(16)
+    http.post(
+        url,
+        json={},
+        headers={"X-User-ID": user, "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"},
+    )
+
+    def gateway_span():
+        r = http.get(stack.url("collector", f"/api/traces/{trace_id}"))
+        spans = r.json()["spans"] if r.status_code == 200 else []
+        return next((x for x in spans if x["service"] == "gateway" and x["kind"] == "SERVER"), None)
+
+    attrs = wait_for(gateway_span, what="the gateway span")["attributes"]
+    assert attrs["d11.limit_req.zone"] == "per_user"
+    assert attrs["d11.limit_req.status"] in ("PASSED", "REJECTED")
 
 
 def test_access_log_uses_the_configured_format(stack: Stack, http):

@@ -496,3 +496,32 @@ def test_a_body_delimited_by_the_upstream_closing_is_passed_on(tmp_path):
             r = c.get("http://127.10.8.6:8080/x")
             assert (r.status_code, r.text) == (200, "until the end")
         assert time.monotonic() - started < 3
+
+
+def test_active_health_checks_take_a_sick_peer_out_and_bring_it_back(tmp_path):
+    """extensions.conf's health_check: a peer whose /healthz fails stops getting traffic
+    before any request has failed on it, and returns once it passes again."""
+    u6, u7 = "127.10.8.17:9000", "127.10.8.18:9000"
+    conf, ext = tmp_path / "g.conf", tmp_path / "ext.conf"
+    conf.write_text(
+        "events {}\nhttp {\n"
+        f"  upstream pair {{ server {u6}; server {u7}; }}\n"
+        "  add_header X-Upstream-Addr $upstream_addr always;\n"
+        "  server { listen 127.10.8.7:8080; location / { proxy_pass http://pair; } }\n}\n"
+    )
+    ext.write_text("health_check pair interval=200ms uri=/healthz fails=1 passes=2 timeout=1s;\n")
+    sick = tmp_path / "sick"
+    sick.mkdir()
+    url = "http://127.10.8.7:8080/who"
+    with (
+        upstreams(u6, u7, sick_dir=sick),
+        our_gateway(conf, "127.10.8.7", 8080, run_dir=tmp_path / "run", extensions=ext),
+        client() as c,
+    ):
+        assert {c.get(url).text for _ in range(6)} == {u6, u7}
+        (sick / f"{u6.split(':')[0]}.sick").touch()
+        time.sleep(0.8)
+        assert {c.get(url).text for _ in range(8)} == {u7}
+        (sick / f"{u6.split(':')[0]}.sick").unlink()
+        time.sleep(0.9)
+        assert {c.get(url).text for _ in range(6)} == {u6, u7}

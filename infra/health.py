@@ -1,7 +1,8 @@
 """Health probes by protocol, as an outside checker (launcher, status, tests) runs them.
 
 Conventions: HTTP services answer ``GET /healthz`` with 200; gRPC services run the standard
-``grpc.health.v1.Health`` service. Later protocols (DNS, Dubbo) add their probe here.
+``grpc.health.v1.Health`` service; Dubbo servers answer a heartbeat; DNS servers answer
+an SOA query for the root over UDP (any rcode: an answer is life).
 """
 
 from __future__ import annotations
@@ -60,7 +61,38 @@ async def probe_dubbo(host: Host, timeout: float) -> bool:
         return False
 
 
-PROBES: dict[str, Probe] = {"http": probe_http, "grpc": probe_grpc, "dubbo": probe_dubbo}
+async def probe_dns(host: Host, timeout: float) -> bool:
+    import os
+    import socket
+    import struct
+
+    qid = int.from_bytes(os.urandom(2), "big")
+    # id, RD clear, one question: ". SOA IN"
+    query = struct.pack("!HHHHHH", qid, 0, 1, 0, 0, 0) + b"\x00" + struct.pack("!HH", 6, 1)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET6 if ":" in host.address else socket.AF_INET,
+                         socket.SOCK_DGRAM)  # fmt: skip
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, (host.address, host.port))
+        await loop.sock_sendall(sock, query)
+        async with asyncio.timeout(timeout):
+            reply = await loop.sock_recv(sock, 4096)
+        return (
+            len(reply) >= 12 and struct.unpack_from("!H", reply)[0] == qid and bool(reply[2] & 0x80)
+        )
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        sock.close()
+
+
+PROBES: dict[str, Probe] = {
+    "http": probe_http,
+    "grpc": probe_grpc,
+    "dubbo": probe_dubbo,
+    "dns": probe_dns,
+}
 
 
 async def probe(host: Host, timeout: float = 1.0) -> bool:

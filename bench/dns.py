@@ -1,0 +1,126 @@
+"""Our authoritative server against BIND 9 serving the same zone file: dnsperf sends the
+same query mix to each, one after the other in one run, and the QPS of both and the ratio
+are printed.
+
+    .venv/bin/python -m bench.dns --seconds 10
+
+The mix: answers, a CNAME chain, NXDOMAIN, NODATA and MX with additional records, over
+UDP. Bounded by ``--seconds`` per server; traffic stays on loopback (127.20.9.0/24).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from dns.zone import ZONES_DIR
+from infra import ROOT
+
+OURS = "127.20.9.2"
+# named listens only on addresses an interface has; of loopback, that is 127.0.0.1.
+BIND, BIND_PORT = "127.0.0.1", 53053
+QUERIES = [
+    "api.shop.example A", "www.shop.example A", "api.shop.example AAAA", "shop.example MX",
+    "nothing.shop.example A", "api.shop.example TXT", "img.shop.example A", "shop.example SOA",
+]  # fmt: skip
+
+
+def wait_udp(address: str, port: int = 53, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["dig", "+short", "+time=1", "+tries=1", "-p", str(port),
+                              f"@{address}", "shop.example", "SOA"],
+                             capture_output=True, text=True)  # fmt: skip
+        if out.returncode == 0 and out.stdout.strip():
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"no DNS server answering on {address}")
+
+
+def dnsperf(
+    address: str, queries: Path, seconds: int, clients: int, port: int = 53
+) -> dict[str, float]:
+    out = subprocess.run(
+        ["dnsperf", "-s", address, "-p", str(port), "-d", str(queries), "-l", str(seconds),
+         "-c", str(clients), "-q", "500", "-t", "2"],
+        capture_output=True, text=True, timeout=seconds + 60,
+    ).stdout  # fmt: skip
+    qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lost = re.search(r"Queries lost:\s+(\d+)", out)
+    latency = re.search(r"Average Latency \(s\):\s+([\d.]+)", out)
+    return {
+        "qps": qps,
+        "lost": float(lost.group(1)) if lost else 0.0,
+        "avg_ms": float(latency.group(1)) * 1000 if latency else 0.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=4)
+    args = parser.parse_args()
+    for tool in ("named", "dnsperf"):
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
+            raise SystemExit(f"{tool} missing: apt-get install bind9 dnsperf")
+    tmp = Path(tempfile.mkdtemp(prefix="d11-bench-dns-"))
+    tmp.chmod(0o777)
+    zone = tmp / "shop.example.zone"
+    zone.write_text((ZONES_DIR / "shop.example.zone").read_text())
+    queries = tmp / "queries.txt"
+    queries.write_text("\n".join(QUERIES) + "\n")
+    (tmp / "named.conf").write_text(
+        f'options {{ directory "{tmp}"; listen-on port {BIND_PORT} {{ {BIND}; }};'
+        f" listen-on-v6 {{ none; }}; recursion no; dnssec-validation no;"
+        f' pid-file "{tmp}/named.pid"; }};\n'
+        f'zone "shop.example" {{ type primary; file "{zone}"; }};\n'
+    )
+    results = {}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("D11_", "OTEL_"))}
+    env.update(D11_ADDRESS=OURS, D11_PORT="53", D11_ZONES=str(zone), D11_RUN_DIR=str(tmp),
+               OTEL_SDK_DISABLED="true", D11_LOG_LEVEL="WARNING")  # fmt: skip
+    ours = subprocess.Popen([sys.executable, "-m", "dns.auth"], cwd=ROOT, env=env)
+    try:
+        wait_udp(OURS)
+        dnsperf(OURS, queries, 2, args.clients)  # warm-up
+        results["double-11 dns.auth"] = dnsperf(OURS, queries, args.seconds, args.clients)
+    finally:
+        ours.send_signal(signal.SIGTERM)
+        ours.wait(10)
+    log = open(tmp / "named.log", "w")  # noqa: SIM115 - closed with the process below
+    named = subprocess.Popen(["named", "-g", "-n", "1", "-c", str(tmp / "named.conf")],
+                             stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
+    try:
+        try:
+            wait_udp(BIND, BIND_PORT)
+        except SystemExit:
+            print((tmp / "named.log").read_text()[-2000:])
+            raise
+        dnsperf(BIND, queries, 2, args.clients, BIND_PORT)
+        results["BIND 9 (named -n 1)"] = dnsperf(
+            BIND, queries, args.seconds, args.clients, BIND_PORT
+        )
+    finally:
+        named.send_signal(signal.SIGTERM)
+        named.wait(10)
+        log.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"authoritative, one process/one worker thread each, dnsperf -c {args.clients}"
+          f" -l {args.seconds}, {len(QUERIES)}-query mix over UDP")  # fmt: skip
+    print(f"{'server':22} {'QPS':>10} {'avg ms':>8} {'lost':>6}")
+    for name, r in results.items():
+        print(f"{name:22} {r['qps']:>10.0f} {r['avg_ms']:>8.3f} {r['lost']:>6.0f}")
+    ratio = results["double-11 dns.auth"]["qps"] / results["BIND 9 (named -n 1)"]["qps"]
+    print(f"ratio (ours / BIND): {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

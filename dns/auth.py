@@ -18,17 +18,15 @@ do not change while the server runs; a repeat costs a dictionary lookup and an i
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import socket
 import struct
-import time
 from collections.abc import Sequence
 
-from dnslib import CLASS, EDNS0, QTYPE, RCODE, RR, DNSHeader, DNSRecord, EDNSOption
+from dnslib import CLASS, EDNS0, QTYPE, RCODE, DNSHeader, DNSRecord, EDNSOption
 
+from dns.transport import DnsServer
 from dns.zone import Zone, key, load_zones
-from infra.service import Component, Context, PortInUse, is_addr_in_use, run
+from infra.service import Component, Context, run
 
 log = logging.getLogger("d11.dns")
 
@@ -36,7 +34,6 @@ EDNS_PAYLOAD = 1232  # the DNS flag day 2020 default: no IP fragmentation on any
 ECS = 8  # EDNS option code of Client Subnet (RFC 7871)
 OP_QUERY = 0
 CACHE_LIMIT = 50_000
-TCP_IDLE = 10.0
 
 
 class Refusal(Exception):
@@ -76,7 +73,7 @@ class Authority:
     def zone_for(self, name: tuple[bytes, ...]) -> Zone | None:
         return next((z for z in self.zones if z.contains(name)), None)
 
-    def respond(self, data: bytes, tcp: bool) -> bytes | None:
+    def respond(self, data: bytes, tcp: bool, client: str = "") -> bytes | None:
         if len(data) < 12:
             return None  # not even a header: nothing to answer to
         if data[2] & 0x80:
@@ -161,111 +158,11 @@ class Authority:
         return short.pack()
 
 
-# -- transports ------------------------------------------------------------------------------
-
-
-class UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, authority: Authority, ctx: Context) -> None:
-        self.authority, self.ctx = authority, ctx
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        started = time.perf_counter()
-        reply = self.authority.respond(data, tcp=False)
-        if reply is not None and self.transport is not None:
-            self.transport.sendto(reply, addr)
-            self.ctx.metrics.observe("dns", "udp", str(reply[3] & 0xF), started)
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP from a client that went away: nothing to do
-
-
-class TcpProtocol(asyncio.Protocol):
-    """RFC 7766: two-byte length prefix, several queries per connection, idle timeout."""
-
-    def __init__(self, authority: Authority, ctx: Context) -> None:
-        self.authority, self.ctx = authority, ctx
-        self.buffer = b""
-        self.transport: asyncio.Transport | None = None
-        self.idle: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self._arm()
-
-    def _arm(self) -> None:
-        if self.idle:
-            self.idle.cancel()
-        assert self.transport is not None
-        self.idle = asyncio.get_running_loop().call_later(TCP_IDLE, self.transport.close)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.idle:
-            self.idle.cancel()
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        self._arm()
-        while len(self.buffer) >= 2:
-            (size,) = struct.unpack_from("!H", self.buffer)
-            if len(self.buffer) < 2 + size:
-                return
-            message, self.buffer = self.buffer[2 : 2 + size], self.buffer[2 + size :]
-            started = time.perf_counter()
-            reply = self.authority.respond(message, tcp=True)
-            if reply is None:
-                assert self.transport is not None
-                self.transport.close()  # no header to answer to: the stream is garbage
-                return
-            assert self.transport is not None
-            self.transport.write(struct.pack("!H", len(reply)) + reply)
-            self.ctx.metrics.observe("dns", "tcp", str(reply[3] & 0xF), started)
-
-
-class DnsServer:
-    """UDP and TCP on one address and port; a component."""
-
-    def __init__(self, ctx: Context, authority: Authority) -> None:
-        self.ctx, self.authority = ctx, authority
-        self.udp: asyncio.DatagramTransport | None = None
-        self.tcp: asyncio.AbstractServer | None = None
-
-    async def start(self) -> None:
-        s, loop = self.ctx.settings, asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in s.address else socket.AF_INET
-        udp = socket.socket(family, socket.SOCK_DGRAM)
-        tcp = socket.socket(family, socket.SOCK_STREAM)
-        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            udp.bind((s.address, s.port))
-            tcp.bind((s.address, s.port))
-        except OSError as exc:
-            udp.close()
-            tcp.close()
-            if is_addr_in_use(exc):
-                raise PortInUse(s.address, s.port, "udp+tcp") from None
-            raise
-        udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        tcp.listen(1024)
-        self.udp, _ = await loop.create_datagram_endpoint(
-            lambda: UdpProtocol(self.authority, self.ctx), sock=udp
-        )
-        self.tcp = await loop.create_server(lambda: TcpProtocol(self.authority, self.ctx), sock=tcp)
-
-    async def stop(self, grace: float) -> None:
-        if self.udp is not None:
-            self.udp.close()
-        if self.tcp is not None:
-            self.tcp.close()
-
-
 async def build(ctx: Context) -> Sequence[Component]:
     zones = load_zones(ctx.settings.get("ZONES"))
     log.info("serving zones", extra={"zones": [str(z.origin) for z in zones]})
-    return [DnsServer(ctx, Authority(zones))]
+    authority = Authority(zones)
+    return [DnsServer(ctx, authority.respond)]
 
 
 def main() -> None:
@@ -274,6 +171,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-__all__ = ["RR", "Authority", "DnsServer", "main"]

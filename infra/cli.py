@@ -251,6 +251,52 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dig(args: argparse.Namespace) -> int:
+    """The resolution path of a name: hop by hop from the root (--trace), or one question
+    to an ISP resolver or HTTPDNS (--via)."""
+    from dnslib import RCODE
+
+    from dns.walk import via, walk
+
+    topo = topology.load(args.topology)
+    qtype = args.type.upper()
+    try:
+        if args.trace or not args.via:
+            root = topo.host("dns-root").address
+            table = Table(title=f"{args.name} {qtype}, from the root {root}", title_justify="left")
+            for column in ("server", "asked as", "status", "aa", "ms", "said"):
+                table.add_column(column)
+            for hop in walk(root, args.name, qtype):
+                referral = [f"→ NS {n}" for n in hop.referral] + [f"  glue {g}" for g in hop.glue]
+                said = hop.answer or referral
+                if hop.note:
+                    said = [*said, f"[dim]{hop.note}[/]"]
+                table.add_row(hop.server, hop.zone, hop.rcode, "aa" if hop.aa else "",
+                              f"{hop.ms:.1f}", "\n".join(said) or "-")  # fmt: skip
+            console.print(table)
+            return 0
+        host = topo.host(args.via)
+        if host.role == "httpdns":
+            url = f"http://{host.endpoint}/resolve?" + urllib.parse.urlencode(
+                {"name": args.name, "type": qtype}
+            )
+            doc = _get_json(url)
+            console.print(f"{args.via} ({host.endpoint}) status {doc['Status']}")
+            for a in doc.get("Answer", []) + doc.get("Authority", []):
+                console.print(f"  {a['name']} {a['TTL']} {a['type']} {a['data']}")
+            return 0
+        reply, ms = via(host.address, args.name, qtype, host.port)
+        flags = " ".join(f for f in ("qr", "aa", "rd", "ra") if getattr(reply.header, f))
+        status = RCODE.get(reply.header.rcode)
+        console.print(f"{args.via} ({host.address}) {status} flags: {flags}; {ms:.1f} ms")
+        for rr in reply.rr + reply.auth:
+            console.print(f"  {rr.toZone()}")
+        return 0
+    except (OSError, urllib.error.URLError) as exc:
+        err.print(f"[red]no answer:[/] {exc} (is ./d11 up running?)")
+        return 1
+
+
 def cmd_test(args: argparse.Namespace, rest: list[str]) -> int:
     os.chdir(ROOT)
     os.execv(sys.executable, [sys.executable, "-m", "pytest", *rest])
@@ -293,6 +339,15 @@ def parser() -> argparse.ArgumentParser:
     trace.add_argument("--limit", type=int, default=20)
     trace.add_argument("--collector", help="collector base URL (default: from the topology)")
     trace.set_defaults(func=cmd_trace)
+
+    dig = sub.add_parser("dig", help="resolve a name and show the path (root → … → answer)")
+    dig.add_argument("name")
+    dig.add_argument("type", nargs="?", default="A")
+    dig.add_argument(
+        "--via", help="ask this resolver or httpdns host instead (e.g. resolver-telecom)"
+    )
+    dig.add_argument("--trace", action="store_true", help="walk from the root (the default)")
+    dig.set_defaults(func=cmd_dig)
 
     test = sub.add_parser("test", help="run the test suite (extra args go to pytest)")
     test.set_defaults(func=cmd_test)

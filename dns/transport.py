@@ -28,9 +28,14 @@ def _spawn(coro: Awaitable[None]) -> None:
 Responder = Callable[[bytes, bool, str], "bytes | Awaitable[bytes | None] | None"]
 
 
+# A synchronous first try for an asynchronous responder (a resolver's answer cache):
+# bytes to send, or None to go the asynchronous way.
+FastPath = Callable[[bytes, bool, str], "bytes | None"]
+
+
 class UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, respond: Responder, ctx: Context) -> None:
-        self.respond, self.ctx = respond, ctx
+    def __init__(self, respond: Responder, ctx: Context, fast: FastPath | None = None) -> None:
+        self.respond, self.ctx, self.fast = respond, ctx, fast
         self.is_async = inspect.iscoroutinefunction(respond)
         self.transport: asyncio.DatagramTransport | None = None
 
@@ -40,6 +45,10 @@ class UdpProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         started = time.perf_counter()
         if self.is_async:
+            quick = self.fast(data, False, addr[0]) if self.fast else None
+            if quick is not None:
+                self._send(quick, addr, started)
+                return
             _spawn(self._later(data, addr, started))
             return
         self._send(self.respond(data, False, addr[0]), addr, started)  # type: ignore[arg-type]
@@ -112,8 +121,8 @@ class TcpProtocol(asyncio.Protocol):
 class DnsServer:
     """UDP and TCP on one address and port; a component."""
 
-    def __init__(self, ctx: Context, respond: Responder) -> None:
-        self.ctx, self.respond = ctx, respond
+    def __init__(self, ctx: Context, respond: Responder, fast: FastPath | None = None) -> None:
+        self.ctx, self.respond, self.fast = ctx, respond, fast
         self.udp: asyncio.DatagramTransport | None = None
         self.tcp: asyncio.AbstractServer | None = None
 
@@ -135,7 +144,7 @@ class DnsServer:
         udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
         tcp.listen(1024)
         self.udp, _ = await loop.create_datagram_endpoint(
-            lambda: UdpProtocol(self.respond, self.ctx), sock=udp
+            lambda: UdpProtocol(self.respond, self.ctx, self.fast), sock=udp
         )
         self.tcp = await loop.create_server(lambda: TcpProtocol(self.respond, self.ctx), sock=tcp)
 

@@ -82,10 +82,27 @@ def _int_field(value: Any, name: str, low: int, high: int) -> int:
     return value
 
 
+ORDER_FIELDS = frozenset({"user_id", "lines", "coupon_code"})
+LINE_FIELDS = frozenset({"item_id", "quantity"})
+
+
+def _known_fields(obj: dict, known: frozenset[str], what: str) -> None:
+    """A misspelt field is an error, not something to ignore: ``"coupon"`` for
+    ``"coupon_code"`` would otherwise order without the coupon."""
+    unknown = sorted(set(obj) - known)
+    if unknown:
+        raise DomainError(
+            Code.INVALID_ARGUMENT,
+            f"unknown field(s) in {what}: {', '.join(unknown)[:200]}"
+            f" (known: {', '.join(sorted(known))})",
+        )
+
+
 def parse_place_order(body: Any, key: str) -> order_pb2.PlaceOrderRequest:
     """Check the JSON shape (types, required fields); the domain checks the values."""
     if not isinstance(body, dict):
         raise DomainError(Code.INVALID_ARGUMENT, "the body must be a JSON object")
+    _known_fields(body, ORDER_FIELDS, "the order")
     user, lines, coupon = body.get("user_id"), body.get("lines"), body.get("coupon_code")
     if not isinstance(user, str):
         raise DomainError(Code.INVALID_ARGUMENT, "user_id must be a string")
@@ -93,6 +110,8 @@ def parse_place_order(body: Any, key: str) -> order_pb2.PlaceOrderRequest:
         raise DomainError(Code.INVALID_ARGUMENT, "lines must be a list of objects")
     if coupon is not None and not isinstance(coupon, str):
         raise DomainError(Code.INVALID_ARGUMENT, "coupon_code must be a string")
+    for ln in lines:
+        _known_fields(ln, LINE_FIELDS, "an order line")
     parsed = [
         order_pb2.OrderLine(
             item_id=_int_field(ln.get("item_id"), "item_id", 1, MAX_ID),

@@ -115,10 +115,13 @@ def document() -> dict[str, Any]:
                 "item_id": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
                 "quantity": {"type": "integer", "minimum": 1, "maximum": 1000},
             },
+            "additionalProperties": False,
         },
         "PlaceOrder": {
             "type": "object",
             "required": ["user_id", "lines"],
+            # A misspelt field ("coupon") must not silently order without it.
+            "additionalProperties": False,
             "properties": {
                 "user_id": {"type": "string", "minLength": 1, "maxLength": 64},
                 "lines": {

@@ -146,6 +146,9 @@ def test_sold_out_is_409_and_unknown_item_422(base, http):
         b'{"user_id": "u", "lines": [{"item_id": 99999999999999999999999, "quantity": 1}]}',
         b'{"user_id": "u", "lines": []}',
         b'{"user_id": "u", "lines": [{"item_id": 5, "quantity": 1}], "coupon_code": 3}',
+        # A misspelt field is refused, not ignored (it would order without the coupon).
+        b'{"user_id": "u", "lines": [{"item_id": 5, "quantity": 1}], "coupon": "D11-10PCT"}',
+        b'{"user_id": "u", "lines": [{"item_id": 5, "qty": 1, "quantity": 1}]}',
     ],
 )
 def test_malformed_orders_are_400_problems(base, http, body):
@@ -261,3 +264,13 @@ def test_openapi_document_holds_against_schemathesis(base):
         check=False,
     )
     assert result.returncode == 0, result.stdout[-6000:]
+
+
+def test_a_misspelt_field_is_named_in_the_problem(base, http):
+    r = http.post(
+        f"{base}/api/orders",
+        json={"user_id": "u", "lines": [{"item_id": 5, "quantity": 1}], "coupon": "D11-50OFF"},
+        headers={"Idempotency-Key": secrets.token_hex(8)},
+    )
+    assert r.status_code == 400
+    assert "unknown field(s) in the order: coupon" in r.json()["detail"]

@@ -68,6 +68,42 @@ def dnsperf(
     }
 
 
+def measure_ours(
+    module: str, address: str, env_extra: dict[str, str], queries: Path, tmp: Path, args
+) -> dict[str, float]:
+    """Start ``python -m MODULE`` on ``address``:53, warm it up, then measure it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("D11_", "OTEL_"))}
+    env.update(D11_ADDRESS=address, D11_PORT="53", D11_RUN_DIR=str(tmp),
+               OTEL_SDK_DISABLED="true", D11_LOG_LEVEL="WARNING", **env_extra)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env)
+    try:
+        wait_udp(address)
+        dnsperf(address, queries, 2, args.clients)  # warm-up (fills a resolver's cache)
+        return dnsperf(address, queries, args.seconds, args.clients)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+def measure_bind(conf: Path, queries: Path, args) -> dict[str, float]:
+    """Start named on ``conf`` (listening on BIND:BIND_PORT), warm it up, measure it."""
+    log = open(conf.parent / "named.log", "w")  # noqa: SIM115 - closed with the process
+    named = subprocess.Popen(["named", "-g", "-n", "1", "-c", str(conf)],
+                             stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
+    try:
+        try:
+            wait_udp(BIND, BIND_PORT)
+        except SystemExit:
+            print((conf.parent / "named.log").read_text()[-2000:])
+            raise
+        dnsperf(BIND, queries, 2, args.clients, BIND_PORT)
+        return dnsperf(BIND, queries, args.seconds, args.clients, BIND_PORT)
+    finally:
+        named.send_signal(signal.SIGTERM)
+        named.wait(10)
+        log.close()
+
+
 RESOLVER_QUERIES = ["img.shop.example A", "www.shop.example A", "api.shop.example AAAA",
                     "shop.example MX", "nothing.shop.example A"]  # fmt: skip
 OUR_RESOLVER = "127.20.9.3"
@@ -90,31 +126,12 @@ def resolvers(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         f' dnssec-validation no; pid-file "{tmp}/named.pid"; }};\n'
         f'zone "." {{ type hint; file "{tmp}/root.hints"; }};\n'
     )
-    results = {}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("D11_", "OTEL_"))}
-    env.update(D11_ADDRESS=OUR_RESOLVER, D11_PORT="53", D11_ROOT_HINTS=root,
-               D11_RUN_DIR=str(tmp), OTEL_SDK_DISABLED="true", D11_LOG_LEVEL="WARNING")  # fmt: skip
-    ours = subprocess.Popen([sys.executable, "-m", "dns.resolver"], cwd=ROOT, env=env)
-    try:
-        wait_udp(OUR_RESOLVER)
-        dnsperf(OUR_RESOLVER, queries, 2, args.clients)  # warm-up fills the cache
-        results["double-11 dns.resolver"] = dnsperf(
-            OUR_RESOLVER, queries, args.seconds, args.clients
-        )
-    finally:
-        ours.send_signal(signal.SIGTERM)
-        ours.wait(10)
-    named = subprocess.Popen(["named", "-g", "-n", "1", "-c", str(tmp / "named.conf")],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        wait_udp(BIND, BIND_PORT)
-        dnsperf(BIND, queries, 2, args.clients, BIND_PORT)
-        results["BIND 9 (named -n 1)"] = dnsperf(
-            BIND, queries, args.seconds, args.clients, BIND_PORT
-        )
-    finally:
-        named.send_signal(signal.SIGTERM)
-        named.wait(10)
+    results = {
+        "double-11 dns.resolver": measure_ours(
+            "dns.resolver", OUR_RESOLVER, {"D11_ROOT_HINTS": root}, queries, tmp, args
+        ),
+        "BIND 9 (named -n 1)": measure_bind(tmp / "named.conf", queries, args),
+    }
     shutil.rmtree(tmp, ignore_errors=True)
     return results
 
@@ -143,35 +160,12 @@ def main() -> None:
         f' pid-file "{tmp}/named.pid"; }};\n'
         f'zone "shop.example" {{ type primary; file "{zone}"; }};\n'
     )
-    results = {}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("D11_", "OTEL_"))}
-    env.update(D11_ADDRESS=OURS, D11_PORT="53", D11_ZONES=str(zone), D11_RUN_DIR=str(tmp),
-               OTEL_SDK_DISABLED="true", D11_LOG_LEVEL="WARNING")  # fmt: skip
-    ours = subprocess.Popen([sys.executable, "-m", "dns.auth"], cwd=ROOT, env=env)
-    try:
-        wait_udp(OURS)
-        dnsperf(OURS, queries, 2, args.clients)  # warm-up
-        results["double-11 dns.auth"] = dnsperf(OURS, queries, args.seconds, args.clients)
-    finally:
-        ours.send_signal(signal.SIGTERM)
-        ours.wait(10)
-    log = open(tmp / "named.log", "w")  # noqa: SIM115 - closed with the process below
-    named = subprocess.Popen(["named", "-g", "-n", "1", "-c", str(tmp / "named.conf")],
-                             stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
-    try:
-        try:
-            wait_udp(BIND, BIND_PORT)
-        except SystemExit:
-            print((tmp / "named.log").read_text()[-2000:])
-            raise
-        dnsperf(BIND, queries, 2, args.clients, BIND_PORT)
-        results["BIND 9 (named -n 1)"] = dnsperf(
-            BIND, queries, args.seconds, args.clients, BIND_PORT
-        )
-    finally:
-        named.send_signal(signal.SIGTERM)
-        named.wait(10)
-        log.close()
+    results = {
+        "double-11 dns.auth": measure_ours(
+            "dns.auth", OURS, {"D11_ZONES": str(zone)}, queries, tmp, args
+        ),
+        "BIND 9 (named -n 1)": measure_bind(tmp / "named.conf", queries, args),
+    }
     shutil.rmtree(tmp, ignore_errors=True)
     report(results, "authoritative", args, "double-11 dns.auth")
 

@@ -42,7 +42,7 @@ from dnslib import (
     EDNSOption,
 )
 
-from dns.auth import ECS, EDNS_PAYLOAD, Refusal, _header_error, check_ecs
+from dns.message import ECS, EDNS_PAYLOAD, Exchange, Refusal, header_error
 from dns.transport import DnsServer
 from dns.zone import key
 from infra.service import Component, Context, run
@@ -148,57 +148,25 @@ class Resolver:
         try:
             query = DNSRecord.parse(data)
         except Exception:
-            return _header_error(data, RCODE.FORMERR)
-        h = query.header
-        reply = DNSRecord(DNSHeader(id=h.id, qr=1, opcode=h.opcode, rd=h.rd, ra=1), q=query.q)
-        reply.questions = list(query.questions)
-        opts = [rr for rr in query.ar if rr.rtype == QTYPE.OPT]
-        limit = 512
-        client_ecs: EDNSOption | None = None
+            return header_error(data, RCODE.FORMERR)
+        ex = Exchange.start(query, recursive=True)
         try:
-            if h.opcode != 0:
-                raise Refusal(RCODE.NOTIMP)
-            if len(query.questions) != 1 or len(opts) > 1:
-                raise Refusal(RCODE.FORMERR)
-            if opts:
-                opt = opts[0]
-                limit = min(max(512, opt.rclass), EDNS_PAYLOAD)
-                for o in opt.rdata or []:
-                    if o.code == ECS:
-                        check_ecs(o)
-                        client_ecs = o
-                reply.add_ar(EDNS0(udp_len=EDNS_PAYLOAD))
-                if (opt.ttl >> 16) & 0xFF:
-                    raise Refusal(16)
-            q = query.q
-            if q.qclass != CLASS.IN:
-                raise Refusal(RCODE.REFUSED)
-            if not h.rd:
+            ex.check()
+            if not query.header.rd:
                 raise Refusal(RCODE.REFUSED)  # a recursive resolver only serves recursion
-            subnet = _subnet(client, client_ecs)
+            q = query.q
             try:
-                outcome = await self.resolve(q.qname, q.qtype, subnet)
+                outcome = await self.resolve(q.qname, q.qtype, _subnet(client, ex.ecs))
             except ServFail:
                 raise Refusal(RCODE.SERVFAIL) from None
-            reply.header.rcode = outcome.rcode
+            ex.reply.header.rcode = outcome.rcode
             for rr in outcome.answer:
-                reply.add_answer(rr)
+                ex.reply.add_answer(rr)
             for rr in outcome.authority:
-                reply.add_auth(rr)
-            if client_ecs is not None:
-                echo = client_ecs.data[:3] + b"\x00" + client_ecs.data[4:]
-                reply.ar[-1].rdata.append(EDNSOption(ECS, echo))
+                ex.reply.add_auth(rr)
         except Refusal as r:
-            if r.rcode >= 16 and opts:
-                reply.ar[-1].ttl |= (r.rcode >> 4) << 24
-            reply.header.rcode = r.rcode & 0xF
-        wire = reply.pack()
-        if not tcp and len(wire) > limit:
-            short = DNSRecord(reply.header, q=reply.q)
-            short.header.tc = 1
-            short.ar = [rr for rr in reply.ar if rr.rtype == QTYPE.OPT]
-            wire = short.pack()
-        return wire
+            ex.refuse(r)
+        return ex.wire(tcp)
 
     # -- resolution ----------------------------------------------------------------------------
     async def resolve(

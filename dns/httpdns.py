@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from aiohttp import web
 from dnslib import QTYPE, RCODE, DNSLabel, DNSRecord
 
-from dns.resolver import Resolver, ServFail, _subnet
+from dns.resolver import Resolver, ServFail, client_subnet
 from dns.zone import key
 from infra.http import HttpServer, make_app
 from infra.pki import ensure_server_cert, pki_dir
@@ -61,7 +61,7 @@ class HttpDns:
 
     async def addresses(self, name: str, client: str) -> tuple[list[str], int, int]:
         """A records for ``name`` as seen from ``client``: (addresses, ttl, origin ttl)."""
-        subnet = _subnet(client, None)
+        subnet = client_subnet(client, None)
         try:
             outcome = await self.resolver.resolve(DNSLabel(name), QTYPE.A, subnet)
         except ServFail:
@@ -183,7 +183,7 @@ class HttpDns:
         client = request.query.get("edns_client_subnet", "").split("/")[0] or request.remote
         try:
             outcome = await self.resolver.resolve(
-                DNSLabel(name), qtype, _subnet(client or "", None)
+                DNSLabel(name), qtype, client_subnet(client or "", None)
             )
             status = outcome.rcode
         except ServFail:

@@ -84,7 +84,7 @@ def _decayed(rrs: list[RR], ttl: int) -> list[RR]:
     return [RR(rr.rname, rr.rtype, rr.rclass, min(rr.ttl, ttl), rr.rdata) for rr in rrs]
 
 
-def _subnet(client: str, option: EDNSOption | None) -> tuple[str, int] | None:
+def client_subnet(client: str, option: EDNSOption | None) -> tuple[str, int] | None:
     """The client subnet to send upstream: the one the client sent, else its /24 (/56)."""
     if option is not None:
         family, source = struct.unpack_from("!HB", option.data)
@@ -156,7 +156,7 @@ class Resolver:
                 raise Refusal(RCODE.REFUSED)  # a recursive resolver only serves recursion
             q = query.q
             try:
-                outcome = await self.resolve(q.qname, q.qtype, _subnet(client, ex.ecs))
+                outcome = await self.resolve(q.qname, q.qtype, client_subnet(client, ex.ecs))
             except ServFail:
                 raise Refusal(RCODE.SERVFAIL) from None
             ex.reply.header.rcode = outcome.rcode

@@ -12,7 +12,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 
-from infra.service import Context, PortInUse, is_addr_in_use
+from infra.service import Context, bind_socket
 
 TCP_IDLE = 10.0
 _pending: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly: keep them here
@@ -128,21 +128,13 @@ class DnsServer:
 
     async def start(self) -> None:
         s, loop = self.ctx.settings, asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in s.address else socket.AF_INET
-        udp = socket.socket(family, socket.SOCK_DGRAM)
-        tcp = socket.socket(family, socket.SOCK_STREAM)
-        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        udp = bind_socket(s.address, s.port, socket.SOCK_DGRAM)
         try:
-            udp.bind((s.address, s.port))
-            tcp.bind((s.address, s.port))
-        except OSError as exc:
+            tcp = bind_socket(s.address, s.port)
+        except BaseException:
             udp.close()
-            tcp.close()
-            if is_addr_in_use(exc):
-                raise PortInUse(s.address, s.port, "udp+tcp") from None
             raise
         udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        tcp.listen(1024)
         self.udp, _ = await loop.create_datagram_endpoint(
             lambda: UdpProtocol(self.respond, self.ctx, self.fast), sock=udp
         )

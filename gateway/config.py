@@ -70,7 +70,6 @@ _allow("upstream", 1, None, "server")
 _allow("upstream", 0, 0, "least_conn")
 _allow("upstream", 1, 2, "hash")
 _allow("upstream", 1, 1, "keepalive")
-_allow("http", 1, 1, "include")
 # Double-11 extension (extensions.conf only): active probes, as NGINX Plus's health_check.
 EXTENSIONS = {"health_check": {"main": (1, None)}}
 
@@ -534,7 +533,7 @@ def _setting(config: Config, s: Settings, d: Directive) -> Settings:
         if args[0] not in ("1.0", "1.1"):
             raise fail(d, f'invalid value "{args[0]}"')
         return s
-    if name in ("server_tokens", "include"):
+    if name == "server_tokens":
         return s
     raise fail(d, f'"{name}" directive is not allowed here')
 

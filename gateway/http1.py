@@ -38,6 +38,20 @@ REASONS = {
 }  # fmt: skip
 
 
+SERVER_HEADER = "double-11"
+
+
+def error_page(status: int) -> Response:
+    reason = REASONS.get(status, "Error")
+    # The same page nginx sends for its own errors.
+    html = (
+        f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{status} {reason}</h1></center>\r\n<hr><center>{SERVER_HEADER}</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    )
+    return Response(status, html.encode(), [("Content-Type", "text/html")])
+
+
 class Request:
     """What the gateway needs of a client request."""
 
@@ -111,10 +125,6 @@ class Response:
         lower = name.lower()
         self.headers = [(k, v) for k, v in self.headers if k.lower() != lower]
         self.headers.append((name, value))
-
-    def get(self, name: str) -> str | None:
-        lower = name.lower()
-        return next((v for k, v in self.headers if k.lower() == lower), None)
 
 
 def encode_response(r: Response, keep_alive: bool, head: bool, date: str) -> bytes:
@@ -216,8 +226,6 @@ class ClientProtocol(asyncio.Protocol):
         """Answer a request we will not read to the end, then close (as nginx does)."""
         if self.transport is None or self.transport.is_closing():
             return
-        from gateway.proxy import error_page  # the one place nginx-like pages are made
-
         page = error_page(status)
         self.transport.write(encode_response(page, False, False, self.server.date()))
         self.close()
@@ -296,8 +304,6 @@ class ClientProtocol(asyncio.Protocol):
                 response = await self.handler(request)
             except Exception:
                 log.exception("request failed")
-                from gateway.proxy import error_page
-
                 response = error_page(500)
             finally:
                 self.server.in_flight -= 1

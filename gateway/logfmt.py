@@ -5,6 +5,7 @@ templates that use them (``log_format``, ``proxy_set_header``, keys of ``hash`` 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import socket
@@ -38,6 +39,12 @@ class Template:
     def render(self, v: Vars, empty: str = "") -> str:
         """``empty`` stands for a variable without a value (nginx logs ``-``)."""
         return "".join((v.get(p) or empty) if is_var else p for is_var, p in self.parts)
+
+
+@functools.lru_cache(maxsize=256)
+def template(text: str) -> Template:
+    """Keys (``hash``, ``limit_req_zone``) are rendered on every request: split once."""
+    return Template(text)
 
 
 def request_id(header: str | None) -> str:
@@ -138,10 +145,10 @@ class Vars:
                 return socket.inet_pton(family, self.remote_addr)
             except OSError:
                 return b""
-        return Template(variable).render(self).encode()
+        return template(variable).render(self).encode()
 
-    def render_key(self, template: str) -> str:
-        return Template(template).render(self)
+    def render_key(self, text: str) -> str:
+        return template(text).render(self)
 
 
 class AccessLog:

@@ -29,9 +29,16 @@ from gateway.config import Config, ConfigError, load
 from gateway.limit import Zone
 from infra import ROOT
 from infra.config import Settings
-from infra.http import LISTEN_BACKLOG
 from infra.logs import setup_logging
-from infra.service import EXIT_CONFIG, EXIT_PORT_IN_USE, Component, Context, is_addr_in_use, run
+from infra.service import (
+    EXIT_CONFIG,
+    EXIT_PORT_IN_USE,
+    Component,
+    Context,
+    PortInUse,
+    bind_socket,
+    run,
+)
 
 log = logging.getLogger("d11.gateway")
 
@@ -62,16 +69,6 @@ def listen_groups(config: Config, default_address: str) -> dict[tuple[str, int, 
     return groups
 
 
-def bind(key: tuple[str, int, bool]) -> socket.socket:
-    address, port, _ = key
-    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((address, port))
-    sock.listen(LISTEN_BACKLOG)
-    sock.set_inheritable(True)
-    return sock
-
-
 class Master:
     def __init__(self, settings: Settings, conf: Path, ext: Path | None) -> None:
         self.settings, self.conf, self.ext = settings, conf, ext
@@ -90,7 +87,8 @@ class Master:
         groups = listen_groups(config, self.settings.address)
         for key in groups:
             if key not in self.listeners:
-                self.listeners[key] = bind(key)
+                # Forked workers inherit the master's descriptors: no SO_REUSEPORT needed.
+                self.listeners[key] = bind_socket(key[0], key[1])
         for key in list(self.listeners):
             if key not in groups:
                 self.listeners.pop(key).close()
@@ -106,10 +104,14 @@ class Master:
         assert self.config is not None
         self.generation += 1
         for n in range(self.config.worker_processes):
-            pid = os.fork()
-            if pid == 0:
-                self._worker(n)  # never returns
-            self.workers[pid] = self.generation
+            self._fork(n)
+
+    def _fork(self, n: int) -> None:
+        """One worker of the current generation."""
+        pid = os.fork()
+        if pid == 0:
+            self._worker(n)  # never returns
+        self.workers[pid] = self.generation
 
     def _worker(self, n: int) -> None:
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
@@ -174,14 +176,7 @@ class Master:
                 log.error("worker %d exited with %d at start-up", pid, code)
                 return code if code > 0 else 1
             log.error("worker %d exited with %d; starting another", pid, code)
-            assert self.config is not None
-            self.generation_respawn()
-
-    def generation_respawn(self) -> None:
-        pid = os.fork()
-        if pid == 0:
-            self._worker(0)
-        self.workers[pid] = self.generation
+            self._fork(0)
 
     def reload(self) -> None:
         try:
@@ -249,9 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     master = Master(settings, conf, ext)
     try:
         master.prepare(config)
-    except OSError as exc:
-        if is_addr_in_use(exc):
-            print(f"gateway: address in use ({exc})", file=sys.stderr)
-            raise SystemExit(EXIT_PORT_IN_USE) from None
-        raise
+    except PortInUse as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_PORT_IN_USE) from None
     raise SystemExit(master.serve())

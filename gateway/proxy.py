@@ -26,6 +26,7 @@ from gateway.balancer import Balancer, Peer
 from gateway.config import Config, Location, Server, Upstream, UpstreamServer
 from gateway.http1 import (
     REASONS,
+    SERVER_HEADER,
     Limits,
     Listener,
     Request,
@@ -33,6 +34,7 @@ from gateway.http1 import (
     UpstreamError,
     UpstreamPool,
     encode_request,
+    error_page,
 )
 from gateway.limit import Zone
 from gateway.logfmt import AccessLog, Template, Vars
@@ -61,18 +63,6 @@ HIDDEN = HOP_BY_HOP | {"server", "date", "x-pad", "x-accel-redirect", "x-accel-b
 ADD_HEADER_STATUSES = frozenset({200, 201, 204, 206, 301, 302, 303, 304, 307, 308})
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 FAILURES = frozenset({"http_500", "http_502", "http_503", "http_504", "http_429"})
-SERVER_HEADER = "double-11"
-
-
-def error_page(status: int) -> Response:
-    reason = REASONS.get(status, "Error")
-    # The same page nginx sends for its own errors.
-    html = (
-        f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
-        f"<center><h1>{status} {reason}</h1></center>\r\n<hr><center>{SERVER_HEADER}</center>\r\n"
-        "</body>\r\n</html>\r\n"
-    )
-    return Response(status, html.encode(), [("Content-Type", "text/html")])
 
 
 class Upstreams:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from infra.service import Context, PortInUse, is_addr_in_use
+from infra.service import LISTEN_BACKLOG, Context, bind_socket
 from infra.telemetry import PROMETHEUS_CONTENT_TYPE, mark_error, server_span
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -19,7 +17,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HOUSEKEEPING = frozenset({"/healthz", "/metrics"})
 
 CTX_KEY: web.AppKey[Context] = web.AppKey("d11_context", Context)
-LISTEN_BACKLOG = 8192
 
 
 def _route_name(request: web.Request) -> str:
@@ -80,9 +77,7 @@ def make_app(ctx: Context, *, client_max_size: int = 1024**2) -> web.Application
 
 
 class HttpServer:
-    """Serves an aiohttp app on one address; ``reuse_port`` lets worker processes share it,
-    ``ssl_context`` makes it HTTPS. Subclasses may wrap the protocol factory (per-connection
-    policies such as header timeouts) and pass options to aiohttp's runner."""
+    """Serves an aiohttp app on one address; ``ssl_context`` makes it HTTPS."""
 
     def __init__(
         self,
@@ -90,63 +85,23 @@ class HttpServer:
         address: str,
         port: int,
         *,
-        reuse_port: bool = False,
         ssl_context: ssl.SSLContext | None = None,
-        sock: socket.socket | None = None,
     ):
-        self.app, self.address, self.port, self.reuse_port = app, address, port, reuse_port
+        self.app, self.address, self.port = app, address, port
         self.ssl_context = ssl_context
-        self.sock = sock  # already bound and listening (inherited from a master process)
         self.runner: web.AppRunner | None = None
-        self.server: asyncio.AbstractServer | None = None
-
-    def runner_kwargs(self) -> dict:
-        return {}
-
-    def protocol_factory(self, factory: Callable[[], asyncio.Protocol]) -> Callable:
-        return factory
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(
-            self.app, access_log=None, shutdown_timeout=5.0, **self.runner_kwargs()
-        )
+        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0)
         await self.runner.setup()
-        sock = self.sock or self._bind()
-        factory = self.runner.server
-        assert factory is not None
-        # asyncio calls listen() again with the backlog it is given, so it is given here too.
-        self.server = await asyncio.get_running_loop().create_server(
-            self.protocol_factory(factory),
-            sock=sock,
-            ssl=self.ssl_context,
-            backlog=LISTEN_BACKLOG,
-            ssl_handshake_timeout=10 if self.ssl_context else None,
-        )
-
-    def _bind(self) -> socket.socket:
-        # Bind the socket ourselves so a taken port is reported as such, not as a traceback.
-        sock = socket.socket(socket.AF_INET6 if ":" in self.address else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            sock.bind((self.address, self.port))
-        except OSError as exc:
-            sock.close()
-            if is_addr_in_use(exc):
-                raise PortInUse(self.address, self.port) from None
-            raise
-        # A flash sale is thousands of simultaneous connects: a short accept queue overflows
-        # and the kernel resets them. The kernel caps this at net.core.somaxconn.
-        sock.listen(LISTEN_BACKLOG)
-        sock.setblocking(False)
-        return sock
+        sock = bind_socket(self.address, self.port)
+        # asyncio calls listen() again with the site's backlog, so it is given here too.
+        site = web.SockSite(self.runner, sock, ssl_context=self.ssl_context, backlog=LISTEN_BACKLOG)
+        await site.start()
 
     async def stop(self, grace: float) -> None:
-        if self.server is not None:
-            self.server.close()  # stop accepting
         if self.runner is not None:
-            # Lets in-flight requests finish (bounded), then closes.
+            # Stops accepting, lets in-flight requests finish (bounded), then closes.
             await self.runner.cleanup()
 
 

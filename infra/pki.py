@@ -11,8 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import ipaddress
-import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from cryptography import x509
@@ -24,7 +23,7 @@ CA_NAME = "Double-11 Lab CA"
 VALIDITY = dt.timedelta(days=825)
 
 
-def pki_dir(env: dict[str, str] | os._Environ[str], run_dir: Path) -> Path:
+def pki_dir(env: Mapping[str, str], run_dir: Path) -> Path:
     path = Path(env.get("D11_PKI_DIR") or run_dir / "pki")
     path.mkdir(parents=True, exist_ok=True)
     return path

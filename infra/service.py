@@ -14,6 +14,7 @@ import errno
 import logging
 import resource
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
@@ -33,6 +34,31 @@ class PortInUse(RuntimeError):
     def __init__(self, address: str, port: int, proto: str = "tcp") -> None:
         super().__init__(f"cannot listen on {address}:{port}/{proto}: address already in use")
         self.address, self.port = address, port
+
+
+# A flash sale is thousands of simultaneous connects: a short accept queue overflows and
+# the kernel resets them. The kernel caps this at net.core.somaxconn.
+LISTEN_BACKLOG = 8192
+
+
+def bind_socket(address: str, port: int, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A socket bound to address:port (and listening, for TCP), non-blocking. Binding it
+    ourselves means a taken port is reported as PortInUse, not as a traceback."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, kind)
+    if kind == socket.SOCK_STREAM:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((address, port))
+    except OSError as exc:
+        sock.close()
+        if is_addr_in_use(exc):
+            raise PortInUse(address, port, "tcp" if kind == socket.SOCK_STREAM else "udp") from None
+        raise
+    if kind == socket.SOCK_STREAM:
+        sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
 
 
 class Component(Protocol):

@@ -18,7 +18,7 @@ import pytest
 
 from infra import ROOT
 from tests.conftest import Stack, d11
-from tests.contract.test_dns_auth import dig, flags, section, status
+from tests.contract.test_dns_auth import dig, flags, section, spray, status
 
 
 @pytest.fixture(scope="module")
@@ -184,28 +184,8 @@ def test_d11_dig_shows_the_path_and_asks_resolvers(stack: Stack):
 
 
 def test_random_and_mutated_packets_crash_no_resolver(stack: Stack):
-    import random
-
-    from tests.contract.test_dns_auth import _query
-
     servers = [stack.topology.host(h).address for h in ("resolver-telecom", "resolver-unicom")]
-    rng = random.Random(2026)
-    good = _query("www.shop.example")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.setblocking(False)
-        for n in range(2000):
-            if n % 2:
-                packet = bytearray(good)
-                for _ in range(rng.randint(1, 6)):
-                    packet[rng.randrange(len(packet))] = rng.randrange(256)
-                data = bytes(packet)
-            else:
-                data = os.urandom(rng.randint(0, 600))
-            for server in servers:
-                try:
-                    s.sendto(data, (server, 53))
-                except BlockingIOError:
-                    time.sleep(0.001)
+    spray(servers, 2000, seed=2026)
     time.sleep(1)
     for server in servers:
         out = dig("+time=5", f"@{server}", "www.shop.example", "A")

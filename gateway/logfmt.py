@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gateway.http1 import Request
+    from infra.http1 import Request
 
 _VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 

@@ -14,7 +14,6 @@ nginx does. ``max_fails`` counts errors, timeouts and listed 5xx, never 403/404.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import ssl
@@ -24,7 +23,9 @@ from pathlib import Path
 
 from gateway.balancer import Balancer, Peer
 from gateway.config import Config, Location, Server, Upstream, UpstreamServer
-from gateway.http1 import (
+from gateway.limit import Zone
+from gateway.logfmt import AccessLog, Template, Vars
+from infra.http1 import (
     REASONS,
     SERVER_HEADER,
     Limits,
@@ -35,13 +36,11 @@ from gateway.http1 import (
     UpstreamPool,
     encode_request,
     error_page,
+    housekeeping,
 )
-from gateway.limit import Zone
-from gateway.logfmt import AccessLog, Template, Vars
 from infra.pki import ensure_server_cert, pki_dir
 from infra.service import Component, Context
 from infra.telemetry import (
-    PROMETHEUS_CONTENT_TYPE,
     client_span,
     mark_error,
     server_span,
@@ -183,7 +182,7 @@ class Gateway:
 
         async def handle(request: Request) -> Response:
             if request.path in ("/healthz", "/metrics"):
-                return self._housekeeping(request.path)
+                return housekeeping(self.ctx, request.path)
             server = by_name.get(request.host.rsplit(":", 1)[0], default)
             v = Vars(request, scheme)
             started = time.perf_counter()
@@ -215,17 +214,6 @@ class Gateway:
             return response
 
         return handle
-
-    def _housekeeping(self, path: str) -> Response:
-        if path == "/metrics":
-            return Response(
-                200, self.ctx.metrics.render(), [("Content-Type", PROMETHEUS_CONTENT_TYPE)]
-            )
-        s = self.ctx.settings
-        state = "draining" if self.ctx.draining else "ok"
-        body = json.dumps({"status": state, "service": s.name, "role": s.role}).encode()
-        status = 503 if self.ctx.draining else 200
-        return Response(status, body, [("Content-Type", "application/json")])
 
     async def _handle(self, request: Request, server: Server, v: Vars, span) -> Response:
         location = match_location(server, request.path)

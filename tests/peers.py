@@ -4,8 +4,13 @@ plain HTTP upstreams that say who they are.
 ``python -m tests.peers ADDR:PORT[,ADDR:PORT…] [--sick-dir DIR]`` serves, on every
 address: ``/who`` (its own address), ``/status/N`` (that status), ``/slow/MS`` (answers
 after MS milliseconds), ``/echo`` (method, path, headers and body length as JSON) and
-``/slowon?addr=A`` (one second late, on address A only) and ``/healthz`` (503 while
-``DIR/PORT.sick`` or ``DIR/ADDRESS.sick`` exists). Any other path answers like ``/who``.
+``/slowon?addr=A`` (one second late, on address A only), ``/healthz`` (503 while
+``DIR/PORT.sick`` or ``DIR/ADDRESS.sick`` exists), and for the CDN's tests
+``/respond?status=N&h=Name:+value&body=TEXT&delay=MS&count=K&fail_after=F`` (exactly the
+status, headers and body asked for, 500 after F requests; honours If-None-Match against its
+ETag with a 304) with
+``/count?count=K`` (how many requests named ``count=K`` arrived). Any other path answers
+like ``/who``.
 """
 
 from __future__ import annotations
@@ -58,33 +63,47 @@ def upstreams(*addresses: str, sick_dir: Path | None = None) -> Iterator[subproc
 
 
 @contextmanager
-def our_gateway(
-    conf: Path, address: str, port: int, *, run_dir: Path, extensions: Path | None = None
+def our_service(
+    module: str, address: str, port: int, *, run_dir: Path, **env: str
 ) -> Iterator[subprocess.Popen]:
-    """``python -m gateway`` configured the way the launcher configures it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("D11_", "OTEL_"))}
-    env.update(
+    """``python -m MODULE`` configured the way the launcher configures it (``D11_*``)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("D11_", "OTEL_"))}
+    clean.update(
         D11_ADDRESS=address,
         D11_PORT=str(port),
         D11_RUN_DIR=str(run_dir),
-        D11_GATEWAY_CONF=str(conf),
-        D11_GATEWAY_EXTENSIONS=str(extensions or ""),
+        D11_SERVICE=env.pop("D11_SERVICE", module.rsplit(".", 1)[-1]),
         OTEL_SDK_DISABLED="true",
     )
+    clean.update(env)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway"], cwd=ROOT, env=env, start_new_session=True
+        [sys.executable, "-m", module], cwd=ROOT, env=clean, start_new_session=True
     )
     try:
         wait_port(f"{address}:{port}")
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def our_gateway(
+    conf: Path, address: str, port: int, *, run_dir: Path, extensions: Path | None = None
+):
+    """``python -m gateway`` on a config file."""
+    return our_service(
+        "gateway", address, port, run_dir=run_dir, D11_SERVICE="gateway",
+        D11_GATEWAY_CONF=str(conf), D11_GATEWAY_EXTENSIONS=str(extensions or ""),
+    )  # fmt: skip
 
 
 def nginx_binary() -> str:
@@ -135,6 +154,7 @@ async def _serve(addresses: list[str], sick_dir: Path | None) -> None:
     from aiohttp import web
 
     runners = []
+    counts: dict[str, int] = {}
     for address in addresses:
         host, _, port = address.rpartition(":")
 
@@ -156,6 +176,22 @@ async def _serve(addresses: list[str], sick_dir: Path | None) -> None:
                 if request.query.get("addr") == me:
                     await asyncio.sleep(1.0)
                 return web.Response(text=me)
+            if path == "/respond":
+                q = request.query
+                counts[q.get("count", "")] = counts.get(q.get("count", ""), 0) + 1
+                await asyncio.sleep(int(q.get("delay", "0")) / 1000)
+                if counts[q.get("count", "")] > int(q.get("fail_after", "1000000")):
+                    return web.Response(status=500, text="origin failing")
+                headers = [tuple(h.split(":", 1)) for h in q.getall("h", [])]
+                etag = next((v.strip() for k, v in headers if k.lower() == "etag"), None)
+                if etag and request.headers.get("If-None-Match") == etag:
+                    return web.Response(status=304, headers=[(k, v.strip()) for k, v in headers])
+                response = web.Response(status=int(q.get("status", "200")), text=q.get("body", me))
+                for k, v in headers:
+                    response.headers.add(k, v.strip())
+                return response
+            if path == "/count":
+                return web.json_response(counts.get(request.query.get("count", ""), 0))
             if path == "/echo":
                 body = await request.read()
                 info = {

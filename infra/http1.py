@@ -1,9 +1,9 @@
-"""HTTP/1.1 on both sides of the gateway, on asyncio protocols and httptools (llhttp, the
-parser Node.js uses): the client side (keep-alive, pipelining, nginx's header, body and
+"""HTTP/1.1 for the gateway and the CDN cache nodes, on asyncio protocols and httptools
+(llhttp, the parser Node.js uses): the client side (keep-alive, pipelining, nginx's header, body and
 keep-alive timeouts, size limits) and pooled keep-alive connections to upstreams.
 
 A general framework (aiohttp) spends most of a proxied request's time on things a proxy
-does not need; here a request is parsed once, handed to the gateway as a ``Request``, and
+does not need; here a request is parsed once, handed to the handler as a ``Request``, and
 its answer written as one buffer.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -21,7 +22,10 @@ from urllib.parse import parse_qsl, unquote
 import httptools
 from multidict import CIMultiDict, MultiDict
 
-log = logging.getLogger("d11.gateway")
+from infra.service import Context
+from infra.telemetry import PROMETHEUS_CONTENT_TYPE
+
+log = logging.getLogger("d11.http1")
 
 MAX_HEADER_BYTES = 32 * 1024  # nginx: large_client_header_buffers 4 8k
 MAX_LINE = 8 * 1024
@@ -53,7 +57,7 @@ def error_page(status: int) -> Response:
 
 
 class Request:
-    """What the gateway needs of a client request."""
+    """A parsed client request."""
 
     __slots__ = (
         "_cookies",
@@ -128,8 +132,10 @@ class Response:
 
 
 def encode_response(r: Response, keep_alive: bool, head: bool, date: str) -> bytes:
-    lines = [f"HTTP/1.1 {r.status} {REASONS.get(r.status, 'Unknown')}", f"Date: {date}"]
+    lines = [f"HTTP/1.1 {r.status} {REASONS.get(r.status, 'Unknown')}"]
     lines += [f"{k}: {v}" for k, v in r.headers]
+    if not any(k == "Date" for k, _ in r.headers):  # a cache passes the origin's Date on
+        lines.insert(1, f"Date: {date}")
     if r.status >= 200 and r.status not in (204, 304):
         lines.append(f"Content-Length: {len(r.body)}")
     if not keep_alive:
@@ -149,6 +155,17 @@ class Limits:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+HOUSEKEEPING = frozenset({"/healthz", "/metrics"})
+
+
+def housekeeping(ctx: Context, path: str) -> Response:
+    """The service's own ``/healthz`` and ``/metrics``, as infra.http serves them."""
+    if path == "/metrics":
+        return Response(200, ctx.metrics.render(), [("Content-Type", PROMETHEUS_CONTENT_TYPE)])
+    s = ctx.settings
+    state = "draining" if ctx.draining else "ok"
+    body = json.dumps({"status": state, "service": s.name, "role": s.role}).encode()
+    return Response(503 if ctx.draining else 200, body, [("Content-Type", "application/json")])
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -289,9 +306,18 @@ class ClientProtocol(asyncio.Protocol):
         r.body = b"".join(self.body_parts)
         self.body_parts = []
         self.current = None
-        self.queue.append(r)
         self.deadline = 0.0
-        if self.worker is None or self.worker.done():
+        idle = self.worker is None or self.worker.done()
+        fast = self.server.fast
+        if idle and not self.queue and fast is not None:
+            response = fast(r)
+            if response is not None:
+                self._write(r, response)
+                if not self.closing:
+                    self._arm(self.limits.keepalive)
+                return
+        self.queue.append(r)
+        if idle:
             self.worker = self.loop.create_task(self._serve())
 
     # -- answering -----------------------------------------------------------------------
@@ -309,23 +335,39 @@ class ClientProtocol(asyncio.Protocol):
                 self.server.in_flight -= 1
                 if not self.server.in_flight:
                     self.server.idle.set()
-            keep = request.keep_alive and not self.server.draining
             if self.transport is None or self.transport.is_closing():
                 return
-            data = encode_response(response, keep, request.method == "HEAD", self.server.date())
-            self.transport.write(data)
-            if not keep:
-                self.close()
+            if not self._write(request, response):
                 return
         if not self.closing:
             self._arm(self.limits.keepalive)
+
+    def _write(self, request: Request, response: Response) -> bool:
+        """Send one answer; False when the connection is closed after it."""
+        keep = request.keep_alive and not self.server.draining
+        assert self.transport is not None
+        data = encode_response(response, keep, request.method == "HEAD", self.server.date())
+        self.transport.write(data)
+        if not keep:
+            self.close()
+        return keep
 
 
 class Listener:
     """A listening socket served with ClientProtocol; a component (start/stop)."""
 
-    def __init__(self, handler: Handler, limits: Limits, sock: socket.socket, ssl_context=None):
+    def __init__(
+        self,
+        handler: Handler,
+        limits: Limits,
+        sock: socket.socket,
+        ssl_context=None,
+        fast: Callable[[Request], Response | None] | None = None,
+    ):
         self.handler, self.limits, self.sock, self.ssl_context = handler, limits, sock, ssl_context
+        # Answers what it can without awaiting (None: not this one), so the common case
+        # costs no task; the handler gets the rest.
+        self.fast = fast
         self.server: asyncio.AbstractServer | None = None
         self.connections: set[ClientProtocol] = set()
         self.in_flight = 0

@@ -46,8 +46,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from cdn import semantics, signing
-from cdn.origin import bad_path
-from cdn.semantics import AgeClock
+from cdn.semantics import AgeClock, bad_path
 from cdn.store import Entry, Store
 from infra.http1 import (
     HOUSEKEEPING,

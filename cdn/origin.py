@@ -32,6 +32,7 @@ from pathlib import Path
 from aiohttp import web
 
 from cdn import semantics
+from cdn.semantics import bad_path
 from infra.http import HttpServer, make_app
 from infra.service import Component, Context, run
 from services import catalog
@@ -44,22 +45,6 @@ DEFAULT_CACHE_CONTROL = (
 CATALOGUE_DATE = 1793491200.0  # 2026-11-01T00:00:00Z
 IMAGE_PATH = re.compile(r"^/img/items/(\d+)/(main|thumb)\.png$")
 IMAGE_SIZES = {"main": 256, "thumb": 64}
-MAX_PATH = 1024
-
-
-def bad_path(path: str) -> str | None:
-    """Why a path cannot name an object, or None. Traversal and control characters are
-    refused, not normalised: an object store has no directories to climb out of."""
-    plain = path.startswith("/") and len(path) <= MAX_PATH and path.isprintable()
-    if plain and "/." not in path and "\\" not in path:
-        return None  # the common case, checked cheaply
-    if not path.startswith("/") or len(path) > MAX_PATH:
-        return "the path must start with '/' and be at most 1024 characters"
-    if any(ord(c) < 0x20 or c == "\x7f" for c in path) or "\\" in path:
-        return "the path contains control characters or a backslash"
-    if any(seg in (".", "..") for seg in path.split("/")):
-        return "the path contains '.' or '..' segments"
-    return None
 
 
 # -- deterministic product images -----------------------------------------------------------

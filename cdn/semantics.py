@@ -223,6 +223,24 @@ def vary_key(names: tuple[str, ...], request_headers: Mapping[str, str]) -> tupl
     return tuple(_normalise(request_headers.get(n)) for n in names)
 
 
+MAX_PATH = 1024
+
+
+def bad_path(path: str) -> str | None:
+    """Why a path cannot name an object, or None. Traversal and control characters are
+    refused, not normalised: an object store has no directories to climb out of."""
+    plain = path.startswith("/") and len(path) <= MAX_PATH and path.isprintable()
+    if plain and "/." not in path and "\\" not in path:
+        return None  # the common case, checked cheaply
+    if not path.startswith("/") or len(path) > MAX_PATH:
+        return "the path must start with '/' and be at most 1024 characters"
+    if any(ord(c) < 0x20 or c == "\x7f" for c in path) or "\\" in path:
+        return "the path contains control characters or a backslash"
+    if any(seg in (".", "..") for seg in path.split("/")):
+        return "the path contains '.' or '..' segments"
+    return None
+
+
 # -- conditional requests (RFC 9110 §13) ---------------------------------------------------
 def _etags(value: str) -> list[str]:
     return [t.strip() for t in _split_commas(value)]

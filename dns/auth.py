@@ -14,18 +14,22 @@ from dns/zones/) on ``D11_ADDRESS``:``D11_PORT`` (53). As a real authoritative s
 
 Answers are kept in wire format per distinct query (everything but the id), since zones
 do not change while the server runs; a repeat costs a dictionary lookup and an id patch.
+Names a GSLB balances (``D11_GSLB_POLICY``, see dns/gslb.py) are answered afresh each time,
+for the querier's place, with the RFC 7871 SCOPE their answer holds for.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
-from dnslib import RCODE, DNSRecord
+from dnslib import QTYPE, RCODE, DNSLabel, DNSRecord
 
-from dns.message import Exchange, Refusal, header_error
+from dns.gslb import GSLB_DIR, Gslb, Prober
+from dns.message import Exchange, Refusal, client_subnet, header_error
 from dns.transport import DnsServer
-from dns.zone import Zone, key, load_zones
+from dns.zone import Answer, Zone, key, load_zones
 from infra.service import Component, Context, run
 
 log = logging.getLogger("d11.dns")
@@ -34,10 +38,11 @@ CACHE_LIMIT = 50_000
 
 
 class Authority:
-    def __init__(self, zones: list[Zone]) -> None:
+    def __init__(self, zones: list[Zone], gslb: Gslb | None = None) -> None:
         # Longest origin first: the closest enclosing zone answers.
         self.zones = sorted(zones, key=lambda z: len(z.okey), reverse=True)
         self.cache: dict[bytes, bytes] = {}
+        self.gslb = gslb
 
     def zone_for(self, name: tuple[bytes, ...]) -> Zone | None:
         return next((z for z in self.zones if z.contains(name)), None)
@@ -56,7 +61,7 @@ class Authority:
         except Exception:  # dnslib raises several types for what it cannot parse
             return header_error(data, RCODE.FORMERR)
         try:
-            reply, cacheable = self._answer(query, tcp)
+            reply, cacheable = self._answer(query, tcp, client)
         except Exception:
             log.exception("answering failed")
             return header_error(data, RCODE.SERVFAIL)
@@ -66,15 +71,31 @@ class Authority:
             self.cache[cache_key] = reply[2:]
         return reply
 
-    def _answer(self, query: DNSRecord, tcp: bool) -> tuple[bytes, bool]:
+    def _answer(self, query: DNSRecord, tcp: bool, client: str) -> tuple[bytes, bool]:
         ex = Exchange.start(query, recursive=False)
+        cacheable = True
         try:
             ex.check()
             q = query.q
             zone = self.zone_for(key(q.qname))
             if zone is None:
                 raise Refusal(RCODE.REFUSED)  # not ours, and we do not recurse
-            found = zone.lookup(q.qname, q.qtype)
+            if self.gslb is not None and self.gslb.owns(key(q.qname)):
+                found, cacheable = Answer(), False
+                self._balance(ex, zone, found, q.qname, q.qtype, client)
+            else:
+                found = zone.lookup(q.qname, q.qtype)
+                last = found.answer[-1] if found.answer else None
+                if (
+                    self.gslb is not None
+                    and last is not None
+                    and last.rtype == QTYPE.CNAME
+                    and q.qtype != QTYPE.CNAME
+                    and self.gslb.owns(key(last.rdata.label))
+                ):
+                    # A chain inside the zone into a balanced name: the GSLB goes on.
+                    found.rcode, found.authority, cacheable = "NOERROR", [], False
+                    self._balance(ex, zone, found, last.rdata.label, q.qtype, client)
             reply = ex.reply
             reply.header.aa = int(found.authoritative)
             reply.header.rcode = getattr(RCODE, found.rcode)
@@ -85,15 +106,38 @@ class Authority:
             reply.ar = [*found.additional, *reply.ar]
         except Refusal as r:
             ex.refuse(r)
-            return ex.reply.pack(), r.rcode != RCODE.FORMERR
-        return ex.wire(tcp), True
+            return ex.reply.pack(), cacheable and r.rcode not in (RCODE.FORMERR, RCODE.SERVFAIL)
+        return ex.wire(tcp), cacheable
+
+    def _balance(
+        self, ex: Exchange, zone: Zone, found: Answer, qname: DNSLabel, qtype: int, client: str
+    ) -> None:
+        """Add the GSLB's answer for ``qname`` as seen from the client (its ECS subnet, else
+        the resolver's address), and the SCOPE it holds for."""
+        assert self.gslb is not None
+        subnet = client_subnet(client, ex.ecs) if ex.ecs is not None else None
+        decision = self.gslb.answer(qname, qtype, client, subnet)
+        if ex.ecs is not None:
+            ex.set_scope(decision.scope)
+        if decision.servfail:
+            raise Refusal(RCODE.SERVFAIL)  # nothing alive to answer with
+        found.answer += decision.records
+        if not decision.records or (
+            decision.records[-1].rtype == QTYPE.CNAME and qtype != QTYPE.CNAME
+        ):
+            found.authority.append(zone.negative_soa())  # NODATA at the end of the chain
 
 
 async def build(ctx: Context) -> Sequence[Component]:
     zones = load_zones(ctx.settings.get("ZONES"))
     log.info("serving zones", extra={"zones": [str(z.origin) for z in zones]})
-    authority = Authority(zones)
-    return [DnsServer(ctx, authority.respond)]
+    gslb = None
+    if policy := ctx.settings.get("GSLB_POLICY", ""):
+        path = Path(policy) if "/" in policy else GSLB_DIR / policy
+        gslb = Gslb.load(path)
+    authority = Authority(zones, gslb)
+    prober = [Prober(gslb.targets)] if gslb is not None else []
+    return [*prober, DnsServer(ctx, authority.respond)]
 
 
 def main() -> None:

@@ -36,7 +36,8 @@ from collections.abc import Sequence
 from aiohttp import web
 from dnslib import QTYPE, RCODE, DNSLabel, DNSRecord
 
-from dns.resolver import Resolver, ServFail, client_subnet
+from dns.message import client_subnet
+from dns.resolver import Resolver, ServFail
 from dns.zone import key
 from infra.http import HttpServer, make_app
 from infra.pki import ensure_server_cert, pki_dir

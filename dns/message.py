@@ -4,6 +4,7 @@ unless the server tailors its answer), extended rcodes, and UDP truncation."""
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from dataclasses import dataclass
 
@@ -43,6 +44,22 @@ def check_ecs(option: EDNSOption) -> None:
         raise Refusal(RCODE.FORMERR)
     if source % 8 and address and address[-1] & (0xFF >> (source % 8)):
         raise Refusal(RCODE.FORMERR)
+
+
+def client_subnet(client: str, option: EDNSOption | None) -> tuple[str, int] | None:
+    """The client subnet to send upstream: the one the client sent, else its /24 (/56)."""
+    if option is not None:
+        family, source = struct.unpack_from("!HB", option.data)
+        raw = option.data[4:]
+        size = 4 if family == 1 else 16
+        address = ipaddress.ip_address(raw + b"\0" * (size - len(raw)))
+        return str(address), source
+    try:
+        ip = ipaddress.ip_address(client)
+    except ValueError:
+        return None
+    prefix = 24 if ip.version == 4 else 56
+    return str(ipaddress.ip_network(f"{client}/{prefix}", strict=False).network_address), prefix
 
 
 @dataclass
@@ -87,6 +104,12 @@ class Exchange:
         """The client's option echoed with the SCOPE we answered for (RFC 7871 §7.2.1)."""
         assert self.ecs is not None
         return EDNSOption(ECS, self.ecs.data[:3] + bytes([scope]) + self.ecs.data[4:])
+
+    def set_scope(self, scope: int) -> None:
+        """Echo the client's subnet with this SCOPE (the answer is tailored to it)."""
+        opt = next((rr for rr in self.reply.ar if rr.rtype == QTYPE.OPT), None)
+        if opt is not None and self.ecs is not None:
+            opt.rdata = [o for o in opt.rdata if o.code != ECS] + [self.ecs_reply(scope)]
 
     def refuse(self, r: Refusal) -> None:
         if r.rcode > 15:

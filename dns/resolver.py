@@ -14,7 +14,8 @@ servers), as a real LocalDNS does:
 * tries every address of a zone's servers with a timeout, twice, then gives SERVFAIL;
 * forwards the client's subnet (RFC 7871 Client Subnet, the client's /24, or the one the
   client sent) so a GSLB can answer for the client rather than for the resolver, and
-  caches tailored answers per subnet (the SCOPE the server set).
+  caches tailored answers per subnet (the SCOPE the server set). ``D11_ECS=off`` makes a
+  resolver that sends none, as many ISPs' do: the GSLB then sees only the resolver.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from dnslib import (
     EDNSOption,
 )
 
-from dns.message import ECS, EDNS_PAYLOAD, Exchange, Refusal, header_error
+from dns.message import ECS, EDNS_PAYLOAD, Exchange, Refusal, client_subnet, header_error
 from dns.transport import DnsServer
 from dns.zone import key
 from infra.service import Component, Context, run
@@ -84,22 +85,6 @@ def _decayed(rrs: list[RR], ttl: int) -> list[RR]:
     return [RR(rr.rname, rr.rtype, rr.rclass, min(rr.ttl, ttl), rr.rdata) for rr in rrs]
 
 
-def client_subnet(client: str, option: EDNSOption | None) -> tuple[str, int] | None:
-    """The client subnet to send upstream: the one the client sent, else its /24 (/56)."""
-    if option is not None:
-        family, source = struct.unpack_from("!HB", option.data)
-        raw = option.data[4:]
-        size = 4 if family == 1 else 16
-        address = ipaddress.ip_address(raw + b"\0" * (size - len(raw)))
-        return str(address), source
-    try:
-        ip = ipaddress.ip_address(client)
-    except ValueError:
-        return None
-    prefix = 24 if ip.version == 4 else 56
-    return str(ipaddress.ip_network(f"{client}/{prefix}", strict=False).network_address), prefix
-
-
 def ecs_option(subnet: tuple[str, int]) -> EDNSOption:
     address, prefix = subnet
     ip = ipaddress.ip_address(address)
@@ -109,10 +94,14 @@ def ecs_option(subnet: tuple[str, int]) -> EDNSOption:
 
 
 class Resolver:
-    def __init__(self, root_hints: list[str], port: int = 53) -> None:
+    def __init__(self, root_hints: list[str], port: int = 53, ecs: bool = True) -> None:
         self.root_hints = root_hints
         self.port = port
+        self.ecs = ecs
         self.cache: dict[tuple[Name, int, str], Entry] = {}
+        # The SCOPE prefix lengths answers for a name were tailored to (RFC 7871 §7.3.1:
+        # a tailored answer serves every client inside its scope, not only the /24 asked).
+        self.scopes: dict[tuple[Name, int], set[int]] = {}
         self.delegations: dict[Name, list[str]] = {(): list(root_hints)}
         self.inflight: dict[tuple[Name, int, str], asyncio.Future[Outcome]] = {}
         # Whole replies for this second: TTLs only change once a second, so a reply made
@@ -156,7 +145,8 @@ class Resolver:
                 raise Refusal(RCODE.REFUSED)  # a recursive resolver only serves recursion
             q = query.q
             try:
-                outcome = await self.resolve(q.qname, q.qtype, client_subnet(client, ex.ecs))
+                subnet = client_subnet(client, ex.ecs) if self.ecs else None
+                outcome = await self.resolve(q.qname, q.qtype, subnet)
             except ServFail:
                 raise Refusal(RCODE.SERVFAIL) from None
             ex.reply.header.rcode = outcome.rcode
@@ -203,7 +193,12 @@ class Resolver:
 
     def _cached(self, name: Name, qtype: int, subnet: tuple[str, int] | None) -> Outcome | None:
         now = time.monotonic()
-        for scope_key in ("", _scope_key(subnet)):
+        scope_keys = [""]
+        if subnet is not None:
+            for t in (qtype, QTYPE.CNAME):
+                for prefix in sorted(self.scopes.get((name, t), ()), reverse=True):
+                    scope_keys.append(_scope_key((subnet[0], min(prefix, subnet[1]))))
+        for scope_key in scope_keys:
             for t in (qtype, QTYPE.CNAME):
                 entry = self.cache.get((name, t, scope_key))
                 if entry is None or entry.expires <= now:
@@ -314,6 +309,8 @@ class Resolver:
         for (owner, rtype), rrs in groups.items():
             ttl = min(rr.ttl for rr in rrs)
             self.cache[(owner, rtype, scope)] = Entry(now + ttl, records=rrs)
+            if scope:
+                self.scopes.setdefault((owner, rtype), set()).add(int(scope.rpartition("/")[2]))
 
     def _store_negative(self, name: Name, qtype: int, rcode: int, soa: list[RR], now: float):
         if not soa:
@@ -431,7 +428,11 @@ def _answer_scope(response: DNSRecord, subnet: tuple[str, int] | None) -> str:
 
 async def build(ctx: Context) -> Sequence[Component]:
     hints = ctx.settings.get_list("ROOT_HINTS")
-    resolver = Resolver(hints, port=ctx.settings.get_int("UPSTREAM_PORT", 53))
+    resolver = Resolver(
+        hints,
+        port=ctx.settings.get_int("UPSTREAM_PORT", 53),
+        ecs=ctx.settings.get("ECS", "on") != "off",
+    )
     return [DnsServer(ctx, resolver.respond, resolver.fast)]
 
 

@@ -58,14 +58,20 @@ def config_paths(
     return path, Path(ext) if ext else None
 
 
-def listen_groups(config: Config, default_address: str) -> dict[tuple[str, int, bool], list]:
+def host_addresses(settings: Settings) -> list[str]:
+    """The host's own address and its aliases (``D11_ADDRESS_ALIASES``: the regions' entry
+    addresses the api GSLB answers with, all served by this gateway in process mode)."""
+    return [settings.address, *settings.get_list("ADDRESS_ALIASES", [])]
+
+
+def listen_groups(config: Config, addresses: list[str]) -> dict[tuple[str, int, bool], list]:
     """(address, port, ssl) → server blocks. In process mode a host is its own loopback
-    address: a port-only ``listen`` binds that address, as it binds all of a machine's."""
+    address(es): a port-only ``listen`` binds those, as it binds all of a machine's."""
     groups: dict[tuple[str, int, bool], list] = {}
     for server in config.servers:
         for listen in server.listens:
-            key = (listen.address or default_address, listen.port, listen.ssl)
-            groups.setdefault(key, []).append(server)
+            for address in [listen.address] if listen.address else addresses:
+                groups.setdefault((address, listen.port, listen.ssl), []).append(server)
     return groups
 
 
@@ -84,7 +90,7 @@ class Master:
     def prepare(self, config: Config) -> None:
         """Bind new listeners and create new zones; keep the ones that stay (nginx keeps a
         zone across reloads when its name and size are unchanged)."""
-        groups = listen_groups(config, self.settings.address)
+        groups = listen_groups(config, host_addresses(self.settings))
         for key in groups:
             if key not in self.listeners:
                 # Forked workers inherit the master's descriptors: no SO_REUSEPORT needed.

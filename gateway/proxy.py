@@ -344,10 +344,10 @@ class Gateway:
     def listeners(self, ctx: Context, sockets: dict) -> list[Component]:
         """One HTTP(S) listener per (address, port) in the config, shared by its server
         blocks (virtual hosts by ``server_name``), on the master's sockets."""
-        from gateway.main import listen_groups
+        from gateway.main import host_addresses, listen_groups
 
         out: list[Component] = []
-        for key, servers in listen_groups(self.config, ctx.settings.address).items():
+        for key, servers in listen_groups(self.config, host_addresses(ctx.settings)).items():
             address, port, tls = key
             settings = servers[0].settings
             limits = Limits(

@@ -55,9 +55,9 @@ def test_zone_files_pass_named_checkzone(origin):
 
 
 def test_authoritative_answer_has_aa_and_no_ra(ns):
-    out = dig("+norec", f"@{ns['dns-auth']}", "api.shop.example", "A")
+    out = dig("+norec", f"@{ns['dns-auth']}", "shop.example", "A")
     assert status(out) == "NOERROR" and flags(out) == {"qr", "aa"}
-    assert section(out, "ANSWER") == [["api.shop.example.", "60", "IN", "A", "127.10.0.10"]]
+    assert section(out, "ANSWER") == [["shop.example.", "300", "IN", "A", "127.10.0.10"]]
     assert "udp: 1232" in out
 
 
@@ -78,7 +78,7 @@ def test_nxdomain_and_nodata_carry_the_soa_with_the_negative_ttl(ns):
     assert status(nx) == "NXDOMAIN" and "aa" in flags(nx)
     (soa,) = section(nx, "AUTHORITY")
     assert soa[0] == "shop.example." and soa[1] == "60" and soa[3] == "SOA"  # min(300, 60)
-    nodata = dig("+norec", f"@{ns['dns-auth']}", "api.shop.example", "MX")
+    nodata = dig("+norec", f"@{ns['dns-auth']}", "mail.shop.example", "MX")
     assert status(nodata) == "NOERROR" and section(nodata, "ANSWER") == []
     assert section(nodata, "AUTHORITY")[0][3] == "SOA"
     # An empty non-terminal exists: NODATA, not NXDOMAIN.
@@ -88,8 +88,9 @@ def test_nxdomain_and_nodata_carry_the_soa_with_the_negative_ttl(ns):
 
 def test_cname_chains_inside_the_zone_and_stops_where_it_leaves(ns):
     www = dig("+norec", f"@{ns['dns-auth']}", "www.shop.example", "A")
-    assert [r[3] for r in section(www, "ANSWER")] == ["CNAME", "CNAME", "A"]
-    assert section(www, "ANSWER")[-1][4] == "127.10.0.10"
+    # www → shop-front → api, which the GSLB takes on: → api.telecom.gslb → two entries.
+    assert [r[3] for r in section(www, "ANSWER")] == ["CNAME", "CNAME", "CNAME", "A", "A"]
+    assert {r[4] for r in section(www, "ANSWER")[-2:]} == {"127.10.0.10", "127.10.0.11"}
     img = dig("+norec", f"@{ns['dns-auth']}", "img.shop.example", "A")
     assert section(img, "ANSWER") == [
         ["img.shop.example.", "300", "IN", "CNAME", "img.shop.example.cdn.example."]
@@ -100,8 +101,8 @@ def test_mx_brings_its_address_and_other_types_answer(ns):
     mx = dig("+norec", f"@{ns['dns-auth']}", "shop.example", "MX")
     assert section(mx, "ANSWER")[0][3:] == ["MX", "10 mail.shop.example."]
     assert ["mail.shop.example.", "300", "IN", "A", "127.10.0.60"] in section(mx, "ADDITIONAL")
-    aaaa = dig("+norec", f"@{ns['dns-auth']}", "api.shop.example", "AAAA")
-    assert section(aaaa, "ANSWER")[0][3:] == ["AAAA", "fd11::10"]
+    aaaa = dig("+norec", f"@{ns['dns-auth']}", "mail.shop.example", "AAAA")
+    assert section(aaaa, "ANSWER")[0][3:] == ["AAAA", "fd11::60"]
     txt = dig("+norec", f"@{ns['dns-auth']}", "shop.example", "TXT")
     assert section(txt, "ANSWER")[0][4] == '"v=spf1 mx -all"'
     soa = dig("+norec", f"@{ns['dns-auth']}", "shop.example", "SOA")
@@ -216,13 +217,15 @@ def test_dig_trace_walks_root_tld_and_shop(ns, tmp_path):
     assert f"from {ns['dns-root']}#53(a.root-servers.example)" in out
     assert f"from {ns['dns-tld']}#53(ns1.nic.example)" in out
     assert f"from {ns['dns-auth']}#53(ns1.shop.example)" in out
-    assert re.search(r"api\.shop\.example\.\s+60\s+IN\s+A\s+127\.10\.0\.10", out)
+    assert re.search(r"api\.telecom\.gslb\.shop\.example\.\s+20\s+IN\s+A\s+127\.10\.0\.1[01]", out)
 
 
 def test_case_of_the_question_is_kept(ns):
-    out = dig("+norec", f"@{ns['dns-auth']}", "ApI.sHoP.ExAmPlE", "A")
-    assert ";ApI.sHoP.ExAmPlE.\t\tIN\tA" in out
-    assert status(out) == "NOERROR" and section(out, "ANSWER")[0][4] == "127.10.0.10"
+    out = dig("+norec", f"@{ns['dns-auth']}", "MaIl.sHoP.ExAmPlE", "A")
+    assert ";MaIl.sHoP.ExAmPlE.\t\tIN\tA" in out
+    assert status(out) == "NOERROR" and section(out, "ANSWER")[0][4] == "127.10.0.60"
+    balanced = dig("+norec", f"@{ns['dns-auth']}", "ApI.sHoP.ExAmPlE", "A")
+    assert section(balanced, "ANSWER")[0][0] == "ApI.sHoP.ExAmPlE."
 
 
 def test_zone_dir_is_where_the_servers_read(stack: Stack):

@@ -1,0 +1,350 @@
+"""Global server load balancing inside an authoritative server (roles ``dns-auth`` for the
+shop's ``api``, ``dns-gslb`` for the CDN's edges), driven by two data files:
+
+* the **IP database** (``ipdb.csv``: ``cidr,isp,region``, longest prefix wins), which
+  places an address with an ISP and a region, as real GSLBs use a commercial one;
+* the **policy** (YAML), which names the services the GSLB answers for.
+
+Whom the answer is for: the client subnet of an RFC 7871 option when the resolver sent one
+(the answer then carries SCOPE = the prefix of the database entry that matched, so the
+resolver caches it for exactly that network), else the resolver's own address.
+
+Two kinds of service:
+
+``two-layer`` (``api.shop.example``): layer 1 answers the service name with a CNAME to
+  ``api.<isp>.gslb.shop.example.`` for the querier's ISP; layer 2 answers that name with the
+  entry addresses of the querier's region (``answers`` of them, drawn by weight without
+  replacement, dead ones left out; the next region in ``nearest`` when a region has none).
+
+``edges`` (``img.shop.example.gslb.cdn.example``): the CDN's edges, each probed (its
+  ``/_cdn/load`` report: healthy, load). The answer is the least-loaded live edge of the
+  querier's region, or of the nearest region that has one below ``overload``; a dead edge is
+  never answered, and when none is alive the answer is SERVFAIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import csv
+import ipaddress
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from dnslib import CLASS, CNAME, QTYPE, RR, A, DNSLabel
+
+from dns.zone import key
+from infra.http1 import UpstreamError, UpstreamPool, encode_request
+
+log = logging.getLogger("d11.dns.gslb")
+
+GSLB_DIR = Path(__file__).parent / "gslb"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class GslbError(ValueError):
+    pass
+
+
+# -- the IP database ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Place:
+    network: Network
+    isp: str
+    region: str
+
+
+class IpDatabase:
+    """CIDR → (ISP, region), longest prefix first."""
+
+    def __init__(self, places: list[Place]) -> None:
+        self.places = sorted(places, key=lambda p: p.network.prefixlen, reverse=True)
+        self._by_prefix: dict[int, dict[Network, Place]] = {}
+        for place in self.places:
+            self._by_prefix.setdefault(place.network.prefixlen, {})[place.network] = place
+        self._prefixes = sorted(self._by_prefix, reverse=True)
+
+    @classmethod
+    def load(cls, path: Path) -> IpDatabase:
+        places = []
+        with path.open(newline="") as fh:
+            for n, row in enumerate(csv.reader(fh), 1):
+                if not row or row[0].startswith("#") or row[0] == "cidr":
+                    continue
+                try:
+                    network = ipaddress.ip_network(row[0].strip())
+                    places.append(Place(network, row[1].strip(), row[2].strip()))
+                except (ValueError, IndexError) as exc:
+                    raise GslbError(f"{path}:{n}: {exc}") from None
+        return cls(places)
+
+    def lookup(self, address: str) -> Place | None:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return None
+        for prefix in self._prefixes:  # one dict probe per distinct prefix length
+            if prefix > ip.max_prefixlen:
+                continue
+            network = ipaddress.ip_network(f"{ip}/{prefix}", strict=False)
+            place = self._by_prefix[prefix].get(network)
+            if place is not None:
+                return place
+        return None
+
+
+# -- health of what the GSLB answers with ---------------------------------------------------------
+@dataclass
+class Target:
+    """An address the GSLB may answer with, and what its probe last said."""
+
+    name: str
+    address: str
+    region: str = ""
+    weight: int = 1
+    probe: str = ""  # http://host:port/path (a load report) or tcp:PORT
+    healthy: bool = True  # until the first probe says otherwise
+    load: float = 0.0
+    checked: float = 0.0
+
+
+class Prober:
+    """Probes every target once a second, each with a short timeout: a TCP connect, or a
+    GET of the target's load report (``{"healthy": …, "load": …}``)."""
+
+    def __init__(self, targets: list[Target], interval: float = 1.0, timeout: float = 0.8):
+        self.targets = [t for t in targets if t.probe]
+        self.interval, self.timeout = interval, timeout
+        self.task: asyncio.Task[None] | None = None
+        self.pool = UpstreamPool(keepalive=1)
+
+    async def start(self) -> None:
+        if self.targets:
+            self.task = asyncio.create_task(self._loop())
+
+    async def stop(self, grace: float) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.pool.close()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.gather(*(self.probe(t) for t in self.targets))
+            await asyncio.sleep(self.interval)
+
+    async def probe(self, target: Target) -> None:
+        healthy, load = False, 1.0
+        try:
+            if target.probe.startswith("tcp:"):
+                port = int(target.probe[4:])
+                async with asyncio.timeout(self.timeout):
+                    _, writer = await asyncio.open_connection(target.address, port)
+                writer.close()
+                healthy, load = True, 0.0
+            else:
+                url = urlsplit(target.probe)
+                host, port = url.hostname or target.address, url.port or 80
+                request = encode_request("GET", url.path or "/", [("Host", host)], b"")
+                r = await self.pool.exchange(
+                    f"{host}:{port}", host, port, request, head=False,
+                    connect_timeout=self.timeout, read_timeout=self.timeout,
+                )  # fmt: skip
+                report = json.loads(r.body) if r.status == 200 else {}
+                healthy = bool(report.get("healthy"))
+                load = float(report.get("load", 1.0))
+        except (OSError, TimeoutError, ValueError, AttributeError, UpstreamError):
+            pass
+        if healthy != target.healthy:
+            log.warning(
+                "target %s", "up" if healthy else "down",
+                extra={"target": target.name, "address": target.address},
+            )  # fmt: skip
+        target.healthy, target.load, target.checked = healthy, load, time.monotonic()
+
+
+# -- services --------------------------------------------------------------------------------
+@dataclass
+class Decision:
+    """What the GSLB answered and why (for the answer, the span and the tests)."""
+
+    records: list[RR]
+    scope: int  # ECS SCOPE PREFIX-LENGTH to answer with (0: good for everyone)
+    servfail: bool = False
+
+
+@dataclass
+class TwoLayer:
+    name: tuple[bytes, ...]
+    layer2: str  # "api.{isp}.gslb.shop.example."
+    answers: int
+    entries: dict[str, dict[str, list[Target]]]  # isp → region → targets
+    layer2_names: dict[tuple[bytes, ...], str] = field(default_factory=dict)  # name → isp
+
+    def __post_init__(self) -> None:
+        for isp in self.entries:
+            self.layer2_names[key(self.layer2.format(isp=isp))] = isp
+
+
+@dataclass
+class Edges:
+    name: tuple[bytes, ...]
+    edges: list[Target]
+    answers: int
+    overload: float
+
+
+class Gslb:
+    def __init__(self, policy: dict[str, Any], ipdb: IpDatabase, rng: random.Random | None = None):
+        self.ipdb = ipdb
+        self.ttl = int(policy.get("ttl", 20))
+        default = policy.get("default") or {}
+        self.default_isp = str(default.get("isp", ""))
+        self.default_region = str(default.get("region", ""))
+        self.nearest: dict[str, list[str]] = {
+            str(r): [str(x) for x in order] for r, order in (policy.get("nearest") or {}).items()
+        }
+        self.rng = rng or random.Random()
+        self.two_layer: dict[tuple[bytes, ...], TwoLayer] = {}
+        self.layer2: dict[tuple[bytes, ...], tuple[TwoLayer, str]] = {}
+        self.edges: dict[tuple[bytes, ...], Edges] = {}
+        self.targets: list[Target] = []
+        for service in policy.get("services") or []:
+            self._add(service)
+
+    @classmethod
+    def load(cls, policy_path: Path, ipdb_path: Path | None = None) -> Gslb:
+        try:
+            policy = yaml.safe_load(policy_path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise GslbError(f"{policy_path}: {exc}") from None
+        if not isinstance(policy, dict):
+            raise GslbError(f"{policy_path}: expected a mapping")
+        ipdb_file = ipdb_path or policy_path.parent / str(policy.get("ipdb", "ipdb.csv"))
+        try:
+            return cls(policy, IpDatabase.load(ipdb_file))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GslbError(f"{policy_path}: {exc}") from None
+
+    def _add(self, service: dict[str, Any]) -> None:
+        name = key(str(service["name"]))
+        kind = service["kind"]
+        answers = int(service.get("answers", 1))
+        if kind == "two-layer":
+            entries: dict[str, dict[str, list[Target]]] = {}
+            for isp, regions in service["entries"].items():
+                for region, targets in regions.items():
+                    made = [
+                        Target(f"{isp}/{region}/{t['address']}", str(t["address"]), str(region),
+                               int(t.get("weight", 1)), str(service.get("probe", "")))
+                        for t in targets
+                    ]  # fmt: skip
+                    entries.setdefault(str(isp), {})[str(region)] = made
+                    self.targets += made
+            svc = TwoLayer(name, str(service["layer2"]), answers, entries)
+            self.two_layer[name] = svc
+            for layer2_name, isp in svc.layer2_names.items():
+                self.layer2[layer2_name] = (svc, isp)
+        elif kind == "edges":
+            edges = [
+                Target(str(e["name"]), str(e["address"]), str(e["region"]),
+                       int(e.get("weight", 1)), str(e.get("probe", "")))
+                for e in service["edges"]
+            ]  # fmt: skip
+            self.edges[name] = Edges(name, edges, answers, float(service.get("overload", 0.9)))
+            self.targets += edges
+        else:
+            raise GslbError(f"unknown service kind {kind!r}")
+
+    # -- answering -------------------------------------------------------------------------
+    def owns(self, name: tuple[bytes, ...]) -> bool:
+        return name in self.two_layer or name in self.layer2 or name in self.edges
+
+    def where(self, client: str, subnet: tuple[str, int] | None) -> tuple[str, str, int]:
+        """(ISP, region, scope) for the querier: the ECS subnet if given, else the address."""
+        place = self.ipdb.lookup(subnet[0] if subnet else client)
+        if place is None:
+            return self.default_isp, self.default_region, 0
+        scope = min(place.network.prefixlen, subnet[1]) if subnet else 0
+        return place.isp, place.region, scope
+
+    def answer(
+        self, qname: DNSLabel, qtype: int, client: str, subnet: tuple[str, int] | None
+    ) -> Decision:
+        name = key(qname)
+        isp, region, scope = self.where(client, subnet)
+        if name in self.two_layer:
+            svc = self.two_layer[name]
+            isp = isp if isp in svc.entries else self.default_isp
+            target = svc.layer2.format(isp=isp)
+            cname = RR(qname, QTYPE.CNAME, CLASS.IN, self.ttl, CNAME(target))
+            if qtype == QTYPE.CNAME:
+                return Decision([cname], scope)
+            rest = self._layer2(svc, isp, region, DNSLabel(target), qtype)
+            return Decision([cname, *rest.records], scope, rest.servfail)
+        if name in self.layer2:
+            svc, isp = self.layer2[name]
+            decision = self._layer2(svc, isp, region, qname, qtype)
+            decision.scope = scope
+            return decision
+        svc_edges = self.edges[name]
+        if qtype != QTYPE.A:
+            return Decision([], scope)
+        picked = self._edges(svc_edges, region)
+        if not picked:
+            return Decision([], scope, servfail=True)
+        return Decision([self._a(qname, t.address) for t in picked], scope)
+
+    def _a(self, qname: DNSLabel, address: str) -> RR:
+        return RR(qname, QTYPE.A, CLASS.IN, self.ttl, A(address))
+
+    def _regions(self, region: str) -> list[str]:
+        order = self.nearest.get(region) or self.nearest.get(self.default_region) or []
+        return [region, *[r for r in order if r != region]]
+
+    def _layer2(
+        self, svc: TwoLayer, isp: str, region: str, qname: DNSLabel, qtype: int
+    ) -> Decision:
+        if qtype != QTYPE.A:
+            return Decision([], 0)  # NODATA: the entries are IPv4
+        regions = svc.entries.get(isp, {})
+        for candidate in self._regions(region):
+            alive = [t for t in regions.get(candidate, []) if t.healthy]
+            if alive:
+                picked = self._weighted(alive, svc.answers)
+                return Decision([self._a(qname, t.address) for t in picked], 0)
+        return Decision([], 0, servfail=True)
+
+    def _edges(self, svc: Edges, region: str) -> list[Target]:
+        alive = [t for t in svc.edges if t.healthy]
+        if not alive:
+            return []
+        for candidate in self._regions(region):
+            here = [t for t in alive if t.region == candidate and t.load < svc.overload]
+            if here:
+                here.sort(key=lambda t: t.load)
+                return here[: svc.answers]
+        alive.sort(key=lambda t: t.load)  # everyone is overloaded: the least loaded
+        return alive[: svc.answers]
+
+    def _weighted(self, targets: list[Target], count: int) -> list[Target]:
+        """``count`` targets drawn by weight without replacement."""
+        pool = list(targets)
+        out: list[Target] = []
+        while pool and len(out) < count:
+            cumulative, total = [], 0
+            for t in pool:
+                total += max(t.weight, 0)
+                cumulative.append(total)
+            if total <= 0:
+                out += pool[: count - len(out)]
+                break
+            index = bisect.bisect_right(cumulative, self.rng.random() * total)
+            out.append(pool.pop(min(index, len(pool) - 1)))
+        return out

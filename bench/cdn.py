@@ -59,7 +59,7 @@ def main() -> None:
         raise SystemExit("wrk missing: apt-get install wrk")
     tmp = Path(tempfile.mkdtemp(prefix="d11-bench-cdn-"))
     results = {}
-    token = {"Authorization": "Bearer double-11-lab-admin"}
+    token = {"X-Admin-Token": "double-11-lab-admin"}
     with our_service("cdn.origin", *ORIGIN, run_dir=tmp / "run", D11_SERVICE="origin"):
         body = bytes(range(256)) * 40  # 10,240 bytes
         put = httpx.put(

@@ -22,7 +22,7 @@ An edge (``D11_CDN_SIGNING`` set) checks the anti-leech token first: nginx ``sec
 (``md5``/``expires``) and Alibaba type A (``auth_key``): forged 403, expired 410; and the
 Referer allow-list (``D11_CDN_REFERERS``, ``D11_CDN_EMPTY_REFERER=allow|deny``).
 
-Operations, under ``/_cdn/`` (mutations need ``Authorization: Bearer $D11_ADMIN_TOKEN``):
+Operations, under ``/_cdn/`` (mutations need ``X-Admin-Token: $D11_ADMIN_TOKEN``):
 ``POST /_cdn/purge`` ``{"urls": [...]}`` or ``{"prefix": "/img/"}`` (cascades to the
 parent tiers unless ``"cascade": false``), ``POST /_cdn/prefetch`` ``{"urls": [...]}``,
 ``GET /_cdn/stats``, ``GET /_cdn/load`` (what the CDN's GSLB reads).
@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import hmac
 import json
 import logging
 import time
@@ -531,11 +532,10 @@ class CacheNode:
             return _json(404, {"error": f"no operation {op!r}"})
         if request.method != "POST":
             return _json(405, {"error": "use POST"})
-        if (
-            not self.admin_token
-            or request.headers.get("Authorization") != f"Bearer {self.admin_token}"
+        if not self.admin_token or not hmac.compare_digest(
+            request.headers.get("X-Admin-Token", ""), self.admin_token
         ):
-            return _json(401, {"error": "needs Authorization: Bearer <admin token>"})
+            return _json(401, {"error": "needs X-Admin-Token"})
         try:
             body = json.loads(request.body or b"{}")
         except ValueError:
@@ -559,7 +559,7 @@ class CacheNode:
         count = self.store.purge(keys, prefix)
         result = {"node": self.name, "purged": count}
         if body.get("cascade", True) and self.tier != "center":
-            headers = [("Host", self.parent_host), ("Authorization", f"Bearer {self.admin_token}"),
+            headers = [("Host", self.parent_host), ("X-Admin-Token", self.admin_token),
                        ("Content-Type", "application/json")]  # fmt: skip
             data = encode_request("POST", "/_cdn/purge", headers, request.body)
             try:

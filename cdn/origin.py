@@ -6,7 +6,7 @@
   cdn.semantics answers them.
 * ``PUT`` stores an object (its ``Content-Type`` and ``Cache-Control`` request headers
   become the object's, as object stores do), ``DELETE`` removes it; both need
-  ``Authorization: Bearer $D11_ADMIN_TOKEN``.
+  ``X-Admin-Token: $D11_ADMIN_TOKEN`` (as the controller's admin API).
 * Every catalogue item has ``/img/items/{id}/main.png`` (256×256) and ``thumb.png``
   (64×64): real PNGs generated from the item id, the same bytes on every machine, made on
   first request and then kept like any uploaded object.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import random
 import re
@@ -175,7 +176,9 @@ class Origin:
         return response
 
     def _authorised(self, request: web.Request) -> bool:
-        return bool(self.token) and request.headers.get("Authorization") == f"Bearer {self.token}"
+        return bool(self.token) and hmac.compare_digest(
+            request.headers.get("X-Admin-Token", ""), self.token
+        )
 
     async def put(self, request: web.Request) -> web.Response:
         if not self._authorised(request):
@@ -183,7 +186,7 @@ class Origin:
                 401,
                 "unauthorised",
                 "Unauthorised",
-                "uploads need Authorization: Bearer <admin token>",
+                "uploads need X-Admin-Token",
             )
         path = request.path
         if reason := bad_path(path):
@@ -211,7 +214,7 @@ class Origin:
                 401,
                 "unauthorised",
                 "Unauthorised",
-                "deletes need Authorization: Bearer <admin token>",
+                "deletes need X-Admin-Token",
             )
         if reason := bad_path(request.path):
             return problem(400, "bad-path", "Bad object path", reason)

@@ -302,6 +302,12 @@ def cmd_test(args: argparse.Namespace, rest: list[str]) -> int:
     os.execv(sys.executable, [sys.executable, "-m", "pytest", *rest])
 
 
+def cmd_load(args: argparse.Namespace, rest: list[str]) -> int:
+    from services.load import main as load_main
+
+    return load_main(rest)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="d11", description="Double-11: one purchase, every protocol.")
     p.add_argument(
@@ -351,17 +357,24 @@ def parser() -> argparse.ArgumentParser:
 
     test = sub.add_parser("test", help="run the test suite (extra args go to pytest)")
     test.set_defaults(func=cmd_test)
+
+    load = sub.add_parser(
+        "load", help="drive a flash sale with simulated phones, then audit it (see --help)",
+        add_help=False,
+    )  # fmt: skip
+    load.set_defaults(func=cmd_load)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     p = parser()
-    # Everything after `test` belongs to pytest, options included.
-    if "test" in argv:
-        i = argv.index("test")
-        args = p.parse_args(argv[: i + 1])
-        raise SystemExit(cmd_test(args, argv[i + 1 :]))
+    # Everything after `test` belongs to pytest, and after `load` to the load script.
+    for command, run in (("test", cmd_test), ("load", cmd_load)):
+        if command in argv:
+            i = argv.index(command)
+            args = p.parse_args(argv[: i + 1])
+            raise SystemExit(run(args, argv[i + 1 :]))
     args = p.parse_args(argv)
     try:
         raise SystemExit(args.func(args))

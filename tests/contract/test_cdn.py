@@ -31,7 +31,7 @@ from tests.peers import our_service, upstreams, wait_port
 ORIGIN, CENTER, REGION, EDGE, FLEX, EDGE2 = (f"127.30.9.{n}:8000" for n in (1, 2, 3, 4, 5, 6))
 PEER = "127.30.9.10:8000"
 SECRET, TYPE_A_KEY = "cdn-test-secret", "cdn-test-type-a"
-ADMIN = {"Authorization": "Bearer double-11-lab-admin"}
+ADMIN = {"X-Admin-Token": "double-11-lab-admin"}
 IMAGE = "/img/items/7/main.png"
 
 

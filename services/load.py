@@ -1,0 +1,438 @@
+"""``./d11 load``: simulated phones drive a flash sale through the whole chain, then the
+run is audited against what the services themselves say.
+
+Phones are spread over the IP database's ISPs and regions, each resolving through LocalDNS
+or HTTPDNS (``--httpdns-share``), loading the item page and its image from the CDN edge
+the GSLB gave them, and ordering over HTTPS through the gateway (services/phone.py).
+
+Closed loop by default (``--concurrency`` phones, each starting a new visit when the last
+one ends). With ``--rate R`` arrivals are open-loop: visit *i* is due at start + i/R, and
+its latency counts from that moment even when every phone was still busy, so a slow
+system cannot hide its queueing (no coordinated omission). Always bounded by ``--orders``
+(visits) and ``--duration`` (seconds).
+
+The report: totals, throughput, latency percentiles per step and per protocol, outcomes,
+CDN hit ratio per tier (from the cache nodes' own stats), GSLB placement (which edge and
+which entry address each ISP/region got, by LocalDNS and by HTTPDNS), the audit, and the
+trace ids of the slowest order and of a sample one. ``--json`` prints the same as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import random
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from infra import topology as topo
+from infra.config import Settings
+from infra.launcher import run_dir
+from infra.telemetry import setup_tracing
+from services.phone import PLACES, Journey, Phone
+
+PROTOCOLS = ("grpc", "dubbo", "soap")
+ADMIN_TOKEN = "double-11-lab-admin"
+STEPS = ("dns", "tls", "item", "cdn", "order", "read")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Exact percentile (nearest rank) over every recorded value; runs are bounded, so
+    keeping them all is affordable and needs no bucketing error."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ms = [v * 1000 for v in values]
+    return {
+        "count": len(ms),
+        "p50_ms": round(percentile(ms, 50), 2),
+        "p90_ms": round(percentile(ms, 90), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
+        "max_ms": round(max(ms), 2) if ms else 0.0,
+    }
+
+
+class Run:
+    def __init__(self, args: argparse.Namespace, topology: topo.Topology) -> None:
+        self.args, self.topology = args, topology
+        self.journeys: list[Journey] = []
+        self.in_flight = 0
+        self.started = 0.0
+        self.rng = random.Random(args.seed)
+        self.protocols = itertools.cycle(PROTOCOLS if args.protocol == "mix" else (args.protocol,))
+
+    def controller(self) -> str:
+        return f"http://{self.topology.by_role('controller')[0].endpoint}"
+
+    # -- phones -----------------------------------------------------------------------------
+    def phones(self, ca: Path) -> list[Phone]:
+        resolvers = {
+            h.name.removeprefix("resolver-"): h.address for h in self.topology.by_role("resolver")
+        }
+        httpdns = self.topology.by_role("httpdns")[0].endpoint
+        places = list(PLACES.items())
+        out = []
+        for n in range(self.args.concurrency):
+            (isp, region), prefix = places[n % len(places)]
+            address = f"{prefix}.{n // 250}.{n % 250 + 1}"
+            # Spread evenly, so every place gets its share of each way of resolving.
+            k = n // len(places)
+            share = self.args.httpdns_share
+            mode = "httpdns" if (k * share) % 1.0 < share else "localdns"
+            out.append(Phone(address, isp, region, mode, resolvers[isp], httpdns, ca))
+        return out
+
+    def next_visit(self, phone: Phone) -> tuple[Journey, bool]:
+        a = self.args
+        if a.scenario == "flash-sale":
+            item, order = a.hot_item, True
+        elif a.scenario == "browse":
+            item, order = self.rng.randint(2, 300), False
+        else:  # mixed: most visits browse and buy something, some go for the hot item
+            hot = self.rng.random() < 0.3
+            item, order = (a.hot_item if hot else self.rng.randint(2, 300)), True
+        journey = Journey(phone.address, phone.isp, phone.region, phone.mode,
+                          next(self.protocols), item)  # fmt: skip
+        return journey, order
+
+    # -- driving ------------------------------------------------------------------------------
+    async def drive(self, phones: list[Phone], progress) -> None:
+        a = self.args
+        deadline = time.monotonic() + a.duration
+        self.started = time.monotonic()
+        if a.rate:
+            idle: asyncio.Queue[Phone] = asyncio.Queue()
+            for p in phones:
+                idle.put_nowait(p)
+            tasks = []
+            for i in range(a.orders):
+                due = self.started + i / a.rate
+                if due > deadline:
+                    break
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                tasks.append(asyncio.create_task(self._open_visit(idle, due)))
+                progress()
+            await asyncio.gather(*tasks)
+            return
+        remaining = itertools.count()
+
+        async def worker(phone: Phone) -> None:
+            while next(remaining) < a.orders and time.monotonic() < deadline:
+                await self._visit(phone, time.monotonic())
+                progress()
+
+        await asyncio.gather(*(worker(p) for p in phones))
+
+    async def _open_visit(self, idle: asyncio.Queue[Phone], due: float) -> None:
+        phone = await idle.get()
+        try:
+            await self._visit(phone, due)
+        finally:
+            idle.put_nowait(phone)
+
+    async def _visit(self, phone: Phone, due: float) -> None:
+        journey, order = self.next_visit(phone)
+        self.in_flight += 1
+        try:
+            await phone.purchase(journey, order=order)
+        finally:
+            self.in_flight -= 1
+        journey.total = time.monotonic() - due  # from when it was due: queueing counts
+        self.journeys.append(journey)
+
+    def live(self) -> Table:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        done = self.journeys
+        orders = [j for j in done if j.outcome == "ok"]
+        errors = Counter(j.outcome for j in done if j.outcome not in ("ok", "sold-out", "browse"))
+        totals = [j.total for j in done[-2000:]]
+        t = Table(title="Double-11 load", show_header=True)
+        for col in ("visits", "orders ok", "orders/s", "in flight", "p50 ms", "p99 ms", "errors"):
+            t.add_column(col, justify="right")
+        t.add_row(
+            str(len(done)), str(len(orders)), f"{len(orders) / elapsed:.1f}", str(self.in_flight),
+            f"{percentile(totals, 50) * 1000:.0f}", f"{percentile(totals, 99) * 1000:.0f}",
+            ", ".join(f"{k} {v}" for k, v in errors.most_common(3)) or "0",
+        )  # fmt: skip
+        return t
+
+    # -- before and after -----------------------------------------------------------------------
+    async def admin(self, session: aiohttp.ClientSession, item: int, stock: int) -> None:
+        async with session.put(
+            f"{self.controller()}/api/admin/items/{item}/stock",
+            json={"available": stock},
+            headers={"X-Admin-Token": ADMIN_TOKEN},
+        ) as r:
+            if r.status != 200:
+                raise SystemExit(f"could not set the stock of item {item}: HTTP {r.status}")
+
+    async def stock(self, session: aiohttp.ClientSession, item: int) -> int:
+        async with session.get(f"{self.controller()}/api/items/{item}") as r:
+            return int((await r.json())["stock"])
+
+    async def cdn_stats(self, session: aiohttp.ClientSession) -> dict[str, dict]:
+        out = {}
+        for host in self.topology.by_role("cdn-cache"):
+            try:
+                async with session.get(f"http://{host.endpoint}/_cdn/stats") as r:
+                    out[host.name] = await r.json()
+            except (aiohttp.ClientError, TimeoutError):
+                continue
+        return out
+
+    async def audit(self, session: aiohttp.ClientSession, before: dict[int, int]) -> dict[str, Any]:
+        """Read back from the services: every acknowledged order is there and confirmed,
+        keys are not reused, units sold equal confirmed order lines, nothing oversold."""
+        acknowledged = [j for j in self.journeys if j.status in (200, 201) and j.order_id]
+        sem = asyncio.Semaphore(32)
+
+        async def present(j: Journey) -> bool:
+            async with sem, session.get(f"{self.controller()}/api/orders/{j.order_id}") as r:
+                return r.status == 200 and (await r.json()).get("status") == "CONFIRMED"
+
+        found = await asyncio.gather(*(present(j) for j in acknowledged))
+        missing = [j.order_id for j, ok in zip(acknowledged, found, strict=True) if not ok]
+        by_key = Counter(j.key for j in acknowledged)
+        by_order = Counter(j.order_id for j in acknowledged)
+        # Replaying a sample of keys must give the same order back and take no more stock.
+        replays_ok = 0
+        sample = acknowledged[: min(20, len(acknowledged))]
+        for j in sample:
+            body = {"user_id": f"phone-{j.phone}", "lines": [{"item_id": j.item_id, "quantity": 1}]}
+            async with session.post(
+                f"{self.controller()}/api/orders", json=body,
+                headers={"Idempotency-Key": j.key, "X-Order-Protocol": j.protocol},
+            ) as r:  # fmt: skip
+                replays_ok += (
+                    r.status in (200, 201) and (await r.json()).get("order_id") == j.order_id
+                )
+        units: dict[int, int] = defaultdict(int)
+        for j, ok in zip(acknowledged, found, strict=True):
+            if ok:
+                units[j.item_id] += j.quantity
+        items = {}
+        for item, initial in before.items():
+            after = await self.stock(session, item)
+            sold = initial - after
+            items[item] = {"stock_before": initial, "stock_after": after, "sold": sold,
+                           "confirmed_units": units.get(item, 0)}  # fmt: skip
+        checks = {
+            "every acknowledged order present and confirmed": not missing,
+            "one order per idempotency key": all(c == 1 for c in by_key.values())
+            and all(c == 1 for c in by_order.values()),
+            "replayed keys return the same order": replays_ok == len(sample),
+            "units sold equal confirmed order lines": all(
+                v["sold"] == v["confirmed_units"] for v in items.values()
+            ),
+            "no oversell": all(v["stock_after"] >= 0 for v in items.values()),
+        }
+        return {"passed": all(checks.values()), "checks": checks, "items": items,
+                "acknowledged": len(acknowledged), "missing": missing[:10],
+                "replayed": len(sample)}  # fmt: skip
+
+    # -- the report -------------------------------------------------------------------------
+    def report(self, elapsed: float, cdn_before: dict, cdn_after: dict, audit: dict) -> dict:
+        js = self.journeys
+        ok = [j for j in js if j.outcome == "ok"]
+        steps = {s: summary([j.steps[s] for j in js if s in j.steps]) for s in STEPS}
+        per_protocol = {
+            p: {**summary([j.total for j in ok if j.protocol == p]),
+                "order": summary([j.steps["order"] for j in ok if j.protocol == p])}
+            for p in sorted({j.protocol for j in js if j.status})
+        }  # fmt: skip
+        tiers: dict[str, Counter] = defaultdict(Counter)
+        for name, after in cdn_after.items():
+            before = cdn_before.get(name, {})
+            for k in ("hit", "miss", "stale", "revalidated", "expired"):
+                tiers[after["tier"]][k] += after.get(k, 0) - before.get(k, 0)
+        cdn = {}
+        for tier, c in tiers.items():
+            served = sum(c.values())
+            hits = c["hit"] + c["stale"] + c["revalidated"]
+            cdn[tier] = {**c, "hit_ratio": round(hits / served, 4) if served else None}
+        placement: dict[str, Counter] = defaultdict(Counter)
+        for j in js:
+            if j.edge:
+                placement[f"{j.isp}/{j.region}/{j.mode}"][
+                    f"edge {j.edge}, api {j.api_address}"
+                ] += 1
+        slowest = max(ok, key=lambda j: j.steps.get("order", 0), default=None)
+        sample = ok[len(ok) // 2] if ok else None
+        slow = sample_ref = None
+        if slowest is not None:
+            slow = {"trace_id": slowest.trace_id, "order_id": slowest.order_id,
+                    "order_ms": round(slowest.steps["order"] * 1000, 1)}  # fmt: skip
+        if sample is not None:
+            sample_ref = {"trace_id": sample.trace_id, "order_id": sample.order_id}
+        return {
+            "scenario": self.args.scenario,
+            "visits": len(js),
+            "orders_ok": len(ok),
+            "seconds": round(elapsed, 2),
+            "orders_per_s": round(len(ok) / elapsed, 1) if elapsed else 0.0,
+            "visits_per_s": round(len(js) / elapsed, 1) if elapsed else 0.0,
+            "latency": summary([j.total for j in js]),
+            "steps": steps,
+            "protocols": per_protocol,
+            "outcomes": dict(Counter(j.outcome for j in js)),
+            "statuses": dict(Counter(str(j.status) for j in js if j.status)),
+            "cdn": cdn,
+            "cdn_at_phone": dict(Counter(j.cdn_cache for j in js if j.cdn_cache)),
+            "placement": {k: dict(v) for k, v in sorted(placement.items())},
+            "audit": audit,
+            "slowest_order": slow,
+            "sample_order": sample_ref,
+        }  # fmt: skip
+
+
+def print_report(r: dict, console: Console) -> None:
+    console.print(
+        f"[bold]{r['scenario']}[/]: {r['visits']} visits, {r['orders_ok']} orders in "
+        f"{r['seconds']} s: [bold]{r['orders_per_s']} orders/s[/], {r['visits_per_s']} visits/s"
+    )
+    t = Table(title="latency per step (ms)")
+    for col in ("step", "count", "p50", "p90", "p99", "max"):
+        t.add_column(col, justify="right")
+    for name, s in [("visit", r["latency"]), *r["steps"].items()]:
+        t.add_row(
+            name,
+            str(s["count"]),
+            *(f"{s[k]:.1f}" for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")),
+        )
+    console.print(t)
+    t = Table(title="per protocol (confirmed orders)")
+    for col in ("protocol", "orders", "visit p50", "visit p99", "order p50", "order p99"):
+        t.add_column(col, justify="right")
+    for p, s in r["protocols"].items():
+        t.add_row(p, str(s["count"]), f"{s['p50_ms']:.1f}", f"{s['p99_ms']:.1f}",
+                  f"{s['order']['p50_ms']:.1f}", f"{s['order']['p99_ms']:.1f}")  # fmt: skip
+    console.print(t)
+    console.print("outcomes: " + ", ".join(f"{k} {v}" for k, v in r["outcomes"].items()))
+    console.print("order statuses: " + ", ".join(f"{k} {v}" for k, v in r["statuses"].items()))
+    t = Table(title="CDN by tier (this run)")
+    for col in ("tier", "hit", "miss", "stale", "revalidated", "expired", "hit ratio"):
+        t.add_column(col, justify="right")
+    for tier, c in r["cdn"].items():
+        ratio = "-" if c["hit_ratio"] is None else f"{c['hit_ratio']:.1%}"
+        t.add_row(
+            tier,
+            *(str(c.get(k, 0)) for k in ("hit", "miss", "stale", "revalidated", "expired")),
+            ratio,
+        )
+    console.print(t)
+    t = Table(title="GSLB placement")
+    t.add_column("ISP / region / resolution")
+    t.add_column("answered with")
+    for place, answers in r["placement"].items():
+        t.add_row(place, "; ".join(f"{k} ×{v}" for k, v in answers.items()))
+    console.print(t)
+    audit = r["audit"]
+    verdict = "[green]PASSED[/]" if audit["passed"] else "[red]FAILED[/]"
+    console.print(f"audit {verdict}: {audit['acknowledged']} acknowledged orders")
+    for check, passed in audit["checks"].items():
+        console.print(f"  {'✓' if passed else '✗'} {check}")
+    for item, v in audit["items"].items():
+        console.print(f"  item {item}: stock {v['stock_before']} → {v['stock_after']}, "
+                      f"sold {v['sold']}, confirmed units {v['confirmed_units']}")  # fmt: skip
+    if r["slowest_order"]:
+        s = r["slowest_order"]
+        console.print(
+            f"slowest order {s['order_id']} ({s['order_ms']} ms): ./d11 trace {s['trace_id']}"
+        )
+    if r["sample_order"]:
+        sample = r["sample_order"]
+        console.print(f"sample order {sample['order_id']}: ./d11 trace {sample['trace_id']}")
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    topology = topo.load()
+    directory = run_dir()
+    ca = directory / "pki" / "ca.crt"
+    if not ca.exists():
+        raise SystemExit(f"no lab CA at {ca}: start the stack with ./d11 up first")
+    collector = topology.by_role("collector")
+    if collector and not os.environ.get("OTEL_SDK_DISABLED"):
+        os.environ.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://{collector[0].endpoint}")
+        os.environ.setdefault("OTEL_SERVICE_NAME", "phone")
+    provider = setup_tracing(Settings(name="phone", role="client", address="127.100.0.1", port=0))
+    run = Run(args, topology)
+    console = Console(stderr=True)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as admin:
+        before: dict[int, int] = {}
+        if args.scenario in ("flash-sale", "mixed"):
+            await run.admin(admin, args.hot_item, args.stock)
+            before[args.hot_item] = args.stock
+        cdn_before = await run.cdn_stats(admin)
+        phones = run.phones(ca)
+        try:
+            started = time.monotonic()
+            if args.json:
+                await run.drive(phones, lambda: None)
+            else:
+                with Live(run.live(), console=console, refresh_per_second=4) as live:
+                    await run.drive(phones, lambda: live.update(run.live()))
+            elapsed = time.monotonic() - started
+        finally:
+            await asyncio.gather(*(p.close() for p in phones))
+        cdn_after = await run.cdn_stats(admin)
+        if args.scenario == "mixed":
+            before = {args.hot_item: args.stock}  # other items: many orders, ample stock
+        audit = await run.audit(admin, before)
+    report = run.report(elapsed, cdn_before, cdn_after, audit)
+    if provider is not None:
+        provider.shutdown()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report, Console())
+    return 0 if audit["passed"] else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="d11 load", description=__doc__.split("\n")[0])
+    p.add_argument("--orders", type=int, default=500, help="visits to make (each may order)")
+    p.add_argument("--concurrency", type=int, default=64, help="phones")
+    p.add_argument("--duration", type=float, default=120.0, help="stop after this many seconds")
+    p.add_argument("--rate", type=float, default=0.0, help="open-loop arrivals per second")
+    p.add_argument("--protocol", choices=[*PROTOCOLS, "mix"], default="mix")
+    p.add_argument("--scenario", choices=["browse", "flash-sale", "mixed"], default="flash-sale")
+    p.add_argument("--hot-item", type=int, default=1)
+    p.add_argument("--stock", type=int, default=100, help="the hot item's stock at the start")
+    p.add_argument("--httpdns-share", type=float, default=0.5, help="phones using HTTPDNS")
+    p.add_argument("--seed", type=int, default=1111)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.orders < 1 or args.concurrency < 1 or args.duration <= 0:
+        raise SystemExit("--orders, --concurrency and --duration must be positive")
+    if args.concurrency > 1000:
+        raise SystemExit("--concurrency is at most 1000 (phone addresses per subnet)")
+    try:
+        import uvloop
+
+        return uvloop.run(main_async(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

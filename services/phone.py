@@ -1,0 +1,305 @@
+"""The phone: one simulated handset placed in an ISP's network and a region (an address of
+the IP database's phone subnets), doing what the Double-11 app does:
+
+1. resolve ``api.shop.example`` and ``img.shop.example`` through its ISP's resolver
+   (LocalDNS, UDP from its own address) or through HTTPDNS (which resolves for the phone's
+   address), caching answers for their TTL;
+2. open HTTPS to the entry address it was given (the lab CA, SNI ``api.shop.example``);
+3. read the item page, then its image from the CDN edge it was given (the signed URL);
+4. place the order with an ``Idempotency-Key`` and read it back.
+
+Every journey is one trace that the phone starts: spans for each resolution, the item
+page, the CDN fetch (edge HIT/MISS and the tiers behind it), the TLS connect and the order,
+whose ``traceparent`` the gateway and everything behind it continue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import ssl
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from dnslib import QTYPE, DNSRecord
+
+from infra.telemetry import client_span, format_trace_id, tracer
+
+API_NAME, IMG_NAME = "api.shop.example", "img.shop.example"
+HTTPS_PORT = 8443
+REFERER = "https://www.shop.example/"
+
+# Phone subnets of dns/gslb/ipdb.csv: (ISP, region) → the /16 its phones live in.
+PLACES: dict[tuple[str, str], str] = {
+    ("telecom", "east"): "127.100",
+    ("telecom", "north"): "127.101",
+    ("unicom", "east"): "127.102",
+    ("unicom", "north"): "127.103",
+}
+
+
+class StepError(Exception):
+    """A journey step failed; ``kind`` is what the report counts it as."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+
+
+@dataclass
+class Journey:
+    """What one purchase did and how long each step took (seconds)."""
+
+    phone: str
+    isp: str
+    region: str
+    mode: str  # localdns | httpdns
+    protocol: str
+    item_id: int
+    steps: dict[str, float] = field(default_factory=dict)
+    api_address: str = ""
+    edge: str = ""
+    cdn_chain: str = ""
+    cdn_cache: str = ""
+    status: int = 0  # the order's HTTP status (0: no order placed)
+    outcome: str = ""  # ok | sold-out | browse | error kind
+    order_id: str = ""
+    key: str = ""
+    quantity: int = 1
+    trace_id: str = ""
+    total: float = 0.0
+
+
+class _Receiver(asyncio.DatagramProtocol):
+    def __init__(self, reply: asyncio.Future[bytes]) -> None:
+        self.reply = reply
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        if not self.reply.done():
+            self.reply.set_result(data)
+
+
+class Phone:
+    def __init__(
+        self,
+        address: str,
+        isp: str,
+        region: str,
+        mode: str,
+        resolver: str,
+        httpdns: str,
+        ca_file: Path,
+        timeout: float = 15.0,
+    ) -> None:
+        self.address, self.isp, self.region, self.mode = address, isp, region, mode
+        self.resolver, self.httpdns = resolver, httpdns
+        self.user = f"phone-{address}"
+        self.dns_cache: dict[str, tuple[list[str], float]] = {}
+        context = ssl.create_default_context(cafile=str(ca_file))
+        self.tls_seconds: list[float] = []
+        trace_config = aiohttp.TraceConfig()
+        trace_config.on_connection_create_start.append(self._connect_start)
+        trace_config.on_connection_create_end.append(self._connect_end)
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(local_addr=(address, 0), ssl=context, limit=8),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            trace_configs=[trace_config],
+        )
+
+    async def _connect_start(self, session, ctx, params) -> None:
+        ctx.started = time.perf_counter()
+
+    async def _connect_end(self, session, ctx, params) -> None:
+        self.tls_seconds.append(time.perf_counter() - ctx.started)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    # -- name resolution -----------------------------------------------------------------
+    async def resolve(self, journey: Journey, names: tuple[str, ...]) -> dict[str, list[str]]:
+        now = time.monotonic()
+        out: dict[str, list[str]] = {}
+        missing = []
+        for name in names:
+            cached = self.dns_cache.get(name)
+            if cached and cached[1] > now:
+                out[name] = cached[0]
+            else:
+                missing.append(name)
+        if not missing:
+            journey.steps["dns"] = 0.0
+            return out
+        started = time.perf_counter()
+        attrs = {"d11.dns.mode": self.mode, "d11.dns.names": ",".join(missing),
+                 "client.address": self.address}  # fmt: skip
+        with client_span(f"DNS {self.mode}", attrs) as (span, _):
+            if self.mode == "httpdns":
+                found = await self._httpdns(missing)
+            else:
+                found = dict(
+                    zip(
+                        missing, await asyncio.gather(*(self._udp(n) for n in missing)), strict=True
+                    )
+                )
+            for name, (addresses, ttl) in found.items():
+                if not addresses:
+                    raise StepError("dns", f"no address for {name}")
+                self.dns_cache[name] = (addresses, now + max(ttl, 1))
+                out[name] = addresses
+                span.set_attribute(f"d11.dns.answer.{name}", ",".join(addresses))
+            server = self.httpdns if self.mode == "httpdns" else self.resolver
+            span.set_attribute("server.address", server)
+        journey.steps["dns"] = time.perf_counter() - started
+        return out
+
+    async def _udp(self, name: str) -> tuple[list[str], int]:
+        """An A query to the ISP's resolver, sent from the phone's own address."""
+        query = DNSRecord.question(name, "A")
+        query.header.id = secrets.randbelow(65536)
+        loop = asyncio.get_running_loop()
+        for _ in range(2):
+            reply: asyncio.Future[bytes] = loop.create_future()
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda future=reply: _Receiver(future),
+                local_addr=(self.address, 0),
+                remote_addr=(self.resolver, 53),
+            )
+            try:
+                transport.sendto(bytes(query.pack()))
+                async with asyncio.timeout(2.0):
+                    data = await reply
+            except TimeoutError:
+                continue
+            finally:
+                transport.close()
+            answer = DNSRecord.parse(data)
+            records = [rr for rr in answer.rr if rr.rtype == QTYPE.A]
+            return [str(rr.rdata) for rr in records], min((rr.ttl for rr in records), default=0)
+        raise StepError("dns", f"{self.resolver} did not answer for {name}")
+
+    async def _httpdns(self, names: list[str]) -> dict[str, tuple[list[str], int]]:
+        """DNSPod style: one request for the batch, answered for this phone's address."""
+        url = f"http://{self.httpdns}/d"
+        try:
+            async with self.session.get(url, params={"dn": ",".join(names), "ttl": "1"}) as r:
+                text = await r.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise StepError("dns", f"httpdns: {exc}") from None
+        lines = text.splitlines() if len(names) > 1 else [f"{names[0]}.:{text}"]
+        out: dict[str, tuple[list[str], int]] = {}
+        for line in lines:
+            name, _, answer = line.partition(":")
+            ips, _, ttl = answer.partition(",")
+            addresses = [ip for ip in ips.split(";") if ip and ip != "0"]
+            out[name.rstrip(".")] = (addresses, int(ttl) if ttl.isdigit() else 0)
+        return out
+
+    # -- the journey ------------------------------------------------------------------------
+    async def purchase(self, journey: Journey, *, order: bool, image_index: int = 1) -> Journey:
+        """One visit: resolve, item page, image, and (if ``order``) the order and its
+        read-back. Raises nothing: failures are recorded in the journey."""
+        started = time.perf_counter()
+        with tracer().start_as_current_span(
+            "phone purchase" if order else "phone browse",
+            attributes={"client.address": self.address, "d11.phone.isp": self.isp,
+                        "d11.phone.region": self.region, "d11.dns.mode": self.mode,
+                        "d11.order.protocol": journey.protocol, "d11.item.id": journey.item_id},
+        ) as root:  # fmt: skip
+            journey.trace_id = format_trace_id(root)
+            try:
+                await self._journey(journey, order, image_index)
+            except StepError as exc:
+                journey.outcome = exc.kind
+                root.set_attribute("d11.phone.error", str(exc))
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                journey.outcome = "network"
+                root.set_attribute("d11.phone.error", repr(exc))
+            root.set_attribute("d11.phone.outcome", journey.outcome)
+        journey.total = time.perf_counter() - started
+        return journey
+
+    async def _journey(self, journey: Journey, order: bool, image_index: int) -> None:
+        found = await self.resolve(journey, (API_NAME, IMG_NAME))
+        journey.api_address = api = found[API_NAME][0]
+        journey.edge = edge = found[IMG_NAME][0]
+        base = f"https://{api}:{HTTPS_PORT}"
+        connects = len(self.tls_seconds)
+        item = await self._json("GET", f"{base}/api/items/{journey.item_id}", journey, "item")
+        if len(self.tls_seconds) > connects:
+            journey.steps["tls"] = self.tls_seconds[-1]
+        images = item.get("images") or []
+        if images:
+            await self._image(journey, images[min(image_index, len(images) - 1)], edge)
+        if not order:
+            journey.outcome = "browse"
+            return
+        journey.key = str(uuid.uuid4())
+        body = {"user_id": self.user, "lines": [{"item_id": journey.item_id, "quantity": 1}]}
+        placed = await self._json(
+            "POST", f"{base}/api/orders", journey, "order", body=body,
+            headers={"Idempotency-Key": journey.key, "X-Order-Protocol": journey.protocol},
+        )  # fmt: skip
+        if journey.status == 409:
+            journey.outcome = "sold-out"
+            return
+        if journey.status not in (200, 201):
+            journey.outcome = f"http-{journey.status}"
+            return
+        journey.order_id = str(placed.get("order_id", ""))
+        back = await self._json("GET", f"{base}/api/orders/{journey.order_id}", journey, "read")
+        journey.outcome = "ok" if back.get("order_id") == journey.order_id else "lost"
+
+    async def _json(
+        self,
+        method: str,
+        url: str,
+        journey: Journey,
+        step: str,
+        *,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict:
+        started = time.perf_counter()
+        attrs = {"http.request.method": method, "url.full": url,
+                 "server.address": journey.api_address, "server.port": HTTPS_PORT}  # fmt: skip
+        with client_span(f"{method} {step}", attrs) as (span, carrier):
+            send = {"Host": API_NAME, "X-User-Id": self.user, **(headers or {}), **carrier}
+            async with self.session.request(
+                method, url, json=body, headers=send, server_hostname=API_NAME
+            ) as r:
+                data = await r.read()
+                span.set_attribute("http.response.status_code", r.status)
+                if step == "order":
+                    journey.status = r.status
+                elif r.status != 200:
+                    raise StepError(f"{step}-{r.status}")
+        journey.steps[step] = time.perf_counter() - started
+        try:
+            parsed = json.loads(data) if data else {}
+        except ValueError:
+            raise StepError(f"{step}-bad-json") from None
+        return parsed if isinstance(parsed, dict) else {}
+
+    async def _image(self, journey: Journey, signed: str, edge: str) -> None:
+        """The image from the edge the CDN's GSLB gave this phone (Host keeps the name)."""
+        url = signed.replace(f"//{IMG_NAME}", f"//{edge}", 1)
+        started = time.perf_counter()
+        attrs = {"http.request.method": "GET", "url.full": signed, "server.address": edge}
+        with client_span("CDN GET", attrs) as (span, carrier):
+            async with self.session.get(
+                url, headers={"Host": IMG_NAME, "Referer": REFERER, **carrier}
+            ) as r:
+                await r.read()
+                journey.cdn_cache = r.headers.get("X-Cache", "")
+                journey.cdn_chain = r.headers.get("X-Cache-Chain", "")
+                span.set_attribute("http.response.status_code", r.status)
+                span.set_attribute("d11.cdn.cache", journey.cdn_cache)
+                span.set_attribute("d11.cdn.chain", journey.cdn_chain)
+                if r.status != 200:
+                    raise StepError(f"cdn-{r.status}")
+        journey.steps["cdn"] = time.perf_counter() - started

@@ -1,0 +1,70 @@
+"""``./d11 load`` against the running stack, as a user runs it: phones resolve through both
+LocalDNS and HTTPDNS, load images from the edges, order over HTTPS through the gateway; the
+audit reads the results back from the services; the sample trace covers the chain."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from tests.conftest import Stack, wait_for
+
+HOT = 3  # not item 1: the flash-sale test owns that one
+
+
+def test_flash_sale_load_sells_exactly_the_stock_and_audits(stack: Stack):
+    out = stack.d11(
+        "load", "--scenario", "flash-sale", "--orders", "240", "--concurrency", "48",
+        "--hot-item", str(HOT), "--stock", "30", "--protocol", "mix", "--json",
+        timeout=240,
+    )  # fmt: skip
+    report = json.loads(out.stdout)
+    assert report["audit"]["passed"], report["audit"]
+    assert report["visits"] == 240
+    assert report["orders_ok"] == 30  # exactly the stock, nothing oversold
+    assert report["outcomes"].get("sold-out", 0) == 210, report["outcomes"]
+    item = report["audit"]["items"][str(HOT)]
+    assert item == {"stock_before": 30, "stock_after": 0, "sold": 30, "confirmed_units": 30}
+    assert set(report["protocols"]) == {"grpc", "dubbo", "soap"}
+    # Both ways of resolving were used, from every ISP and region, and the edges answered.
+    modes = {place.rsplit("/", 1)[1] for place in report["placement"]}
+    assert modes == {"localdns", "httpdns"}
+    assert len({place.rsplit("/", 1)[0] for place in report["placement"]}) == 4
+    assert report["cdn"]["edge"]["hit"] > 0
+    for step in ("dns", "item", "cdn", "order"):
+        assert report["steps"][step]["count"] > 0 and report["steps"][step]["p99_ms"] > 0
+
+    # The sample order's trace starts at the phone and crosses the chain.
+    trace_id = report["sample_order"]["trace_id"]
+
+    def spans():
+        r = httpx.get(stack.url("collector", f"/api/traces/{trace_id}"), timeout=10)
+        if r.status_code != 200:
+            return None
+        found = r.json()["spans"]
+        services = {s["service"] for s in found}
+        return found if len(found) >= 8 and len(services) >= 6 else None
+
+    found = wait_for(spans, timeout=15, what="the sample order's trace")
+    services = {s["service"] for s in found}
+    assert {"phone", "gateway", "inventory"} <= services, services
+    assert any(s["service"].startswith("cdn-edge") for s in found), services
+
+
+def test_roaming_placement_in_the_report(stack: Stack):
+    """Browsing phones: telecom phones in the north get the east edge through LocalDNS (their
+    resolver is in the east and sends no subnet) and the north edge through HTTPDNS."""
+    out = stack.d11(
+        "load", "--scenario", "browse", "--orders", "80", "--concurrency", "16",
+        "--httpdns-share", "0.5", "--json", timeout=120,
+    )  # fmt: skip
+    report = json.loads(out.stdout)
+    placement = report["placement"]
+    east = stack.topology.host("cdn-edge-east").address
+    north = stack.topology.host("cdn-edge-north").address
+    local = placement.get("telecom/north/localdns", {})
+    http = placement.get("telecom/north/httpdns", {})
+    assert local and all(k.startswith(f"edge {east},") for k in local), placement
+    assert http and all(k.startswith(f"edge {north},") for k in http), placement
+    assert report["outcomes"] == {"browse": 80}

@@ -12,6 +12,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 
+from infra.http1 import metrics_listener
 from infra.service import Context, bind_socket
 
 TCP_IDLE = 10.0
@@ -125,9 +126,12 @@ class DnsServer:
         self.ctx, self.respond, self.fast = ctx, respond, fast
         self.udp: asyncio.DatagramTransport | None = None
         self.tcp: asyncio.AbstractServer | None = None
+        self.side = metrics_listener(ctx)
 
     async def start(self) -> None:
         s, loop = self.ctx.settings, asyncio.get_running_loop()
+        if self.side is not None:
+            await self.side.start()
         udp = bind_socket(s.address, s.port, socket.SOCK_DGRAM)
         try:
             tcp = bind_socket(s.address, s.port)
@@ -145,3 +149,5 @@ class DnsServer:
             self.udp.close()
         if self.tcp is not None:
             self.tcp.close()
+        if self.side is not None:
+            await self.side.stop(grace)

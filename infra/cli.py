@@ -302,6 +302,12 @@ def cmd_test(args: argparse.Namespace, rest: list[str]) -> int:
     os.execv(sys.executable, [sys.executable, "-m", "pytest", *rest])
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    from infra.top import main as top_main
+
+    return top_main(args)
+
+
 def cmd_load(args: argparse.Namespace, rest: list[str]) -> int:
     from services.load import main as load_main
 
@@ -357,6 +363,12 @@ def parser() -> argparse.ArgumentParser:
 
     test = sub.add_parser("test", help="run the test suite (extra args go to pytest)")
     test.set_defaults(func=cmd_test)
+
+    top = sub.add_parser("top", help="live request rates, errors and latencies per service")
+    top.add_argument("--interval", type=float, default=2.0, help="seconds between scrapes")
+    top.add_argument("--count", type=int, default=0, help="stop after this many (0: Ctrl-C)")
+    top.add_argument("--json", action="store_true", help="one interval, as JSON, then exit")
+    top.set_defaults(func=cmd_top)
 
     load = sub.add_parser(
         "load", help="drive a flash sale with simulated phones, then audit it (see --help)",

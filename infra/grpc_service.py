@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from infra.http import metrics_listener
+from infra.http1 import metrics_listener
 from infra.service import Context, PortInUse
 from infra.telemetry import client_span, mark_error, server_span
 

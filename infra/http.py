@@ -103,10 +103,3 @@ class HttpServer:
         if self.runner is not None:
             # Stops accepting, lets in-flight requests finish (bounded), then closes.
             await self.runner.cleanup()
-
-
-def metrics_listener(ctx: Context) -> HttpServer | None:
-    """``/metrics`` and ``/healthz`` over HTTP on the metrics port, for services whose own
-    port speaks something else (gRPC, Dubbo); None when they have no metrics port."""
-    s = ctx.settings
-    return HttpServer(make_app(ctx), s.address, s.metrics_port) if s.metrics_port else None

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, unquote
 import httptools
 from multidict import CIMultiDict, MultiDict
 
-from infra.service import Context
+from infra.service import Context, bind_socket
 from infra.telemetry import PROMETHEUS_CONTENT_TYPE
 
 log = logging.getLogger("d11.http1")
@@ -142,6 +142,22 @@ def encode_response(r: Response, keep_alive: bool, head: bool, date: str) -> byt
         lines.append("Connection: close")
     head_bytes = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
     return head_bytes if head or r.status in (204, 304) else head_bytes + r.body
+
+
+def metrics_listener(ctx: Context) -> Listener | None:
+    """``/metrics`` and ``/healthz`` on the metrics port, for services whose own port is not
+    HTTP (gRPC, Dubbo, DNS); None without a metrics port. On this module's light HTTP, so a
+    DNS server starts without importing aiohttp."""
+    s = ctx.settings
+    if not s.metrics_port:
+        return None
+
+    async def handle(request: Request) -> Response:
+        if request.path in HOUSEKEEPING:
+            return housekeeping(ctx, request.path)
+        return error_page(404)
+
+    return Listener(handle, Limits(10.0, 10.0, 75.0, 0), bind_socket(s.address, s.metrics_port))
 
 
 class Limits:

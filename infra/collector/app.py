@@ -4,6 +4,8 @@
 - ``GET /api/traces?service=&attr=KEY=VALUE&limit=``: recent traces, newest first
 - ``GET /api/traces/{trace_id}``: every span of one trace (404 when unknown)
 - ``GET /`` and ``GET /traces/{trace_id}``: the web viewer
+- ``GET /topology`` and ``GET /api/topology``: the lab's hosts and networks (the topology
+  file) with each host's live health (probed by protocol at each request), drawn as a page
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from infra.collector.store import SpanStore
 from infra.db import ThreadOwned
 from infra.http import HttpServer, make_app
 from infra.service import Component, Context, run
+from infra.topology import TopologyError
+from infra.topology import load as load_topology
 
 MAX_BODY = 16 * 1024 * 1024
 VIEWER = Path(__file__).with_name("viewer.html")
+TOPOLOGY_PAGE = Path(__file__).with_name("topology.html")
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -85,6 +90,26 @@ def routes(storage: ThreadOwned[SpanStore]) -> web.RouteTableDef:
     @api.get("/traces/{trace_id}")
     async def viewer(request: web.Request) -> web.FileResponse:
         return web.FileResponse(VIEWER, headers={"Cache-Control": "no-cache"})
+
+    @api.get("/topology")
+    async def topology_page(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(TOPOLOGY_PAGE, headers={"Cache-Control": "no-cache"})
+
+    @api.get("/api/topology")
+    async def topology_api(request: web.Request) -> web.Response:
+        from infra.health import probe_all  # grpc is heavy; only this page needs it
+
+        try:
+            topo = load_topology()
+        except TopologyError as exc:
+            return _json_error(500, str(exc))
+        health = await probe_all(list(topo.hosts), timeout=0.5)
+        hosts = [
+            {"name": h.name, "role": h.role, "address": h.address, "port": h.port,
+             "protocol": h.protocol, "networks": list(h.networks), "healthy": health[h.name]}
+            for h in topo.hosts
+        ]  # fmt: skip
+        return web.json_response({"networks": topo.networks, "hosts": hosts})
 
     return api
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from infra.http import metrics_listener
+from infra.http1 import metrics_listener
 from infra.service import Context, PortInUse, is_addr_in_use
 from infra.telemetry import mark_error, server_span
 from rpc.dubbo import codec

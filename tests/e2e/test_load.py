@@ -5,6 +5,7 @@ audit reads the results back from the services; the sample trace covers the chai
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 
@@ -68,3 +69,34 @@ def test_roaming_placement_in_the_report(stack: Stack):
     assert local and all(k.startswith(f"edge {east},") for k in local), placement
     assert http and all(k.startswith(f"edge {north},") for k in http), placement
     assert report["outcomes"] == {"browse": 80}
+
+
+def test_top_shows_rates_errors_and_latencies(stack: Stack):
+    """While phones browse, ./d11 top (scraping every service's /metrics) sees the traffic
+    at the edges, the gateway and the controllers, and every DNS server reports too."""
+    import threading
+
+    done = threading.Event()
+
+    def browse() -> None:
+        try:
+            stack.d11("load", "--scenario", "browse", "--orders", "5000", "--duration", "8",
+                      "--concurrency", "8", "--json", timeout=60)  # fmt: skip
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=browse)
+    worker.start()
+    try:
+        time.sleep(2)
+        rows = json.loads(stack.d11("top", "--json", "--interval", "3").stdout)
+    finally:
+        worker.join(60)
+    assert done.is_set()
+    assert set(rows) == {h.name for h in stack.topology.hosts}
+    assert all(r["state"] == "up" for r in rows.values()), rows
+    edges = rows["cdn-edge-east"]["rps"] + rows["cdn-edge-north"]["rps"]
+    controllers = rows["controller-1"]["rps"] + rows["controller-2"]["rps"]
+    assert edges > 1 and controllers > 1, rows
+    assert rows["controller-1"]["errors_per_s"] == 0
+    assert any(r["p99_ms"] for r in (rows["controller-1"], rows["controller-2"]))

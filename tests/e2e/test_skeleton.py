@@ -170,3 +170,17 @@ def test_web_viewer_renders_the_trace_in_chromium(stack: Stack, traced_order, tm
 
     listing = _dump_dom(stack.url("collector", "/"), tmp_path)
     assert f'data-trace-id="{trace_id}"' in listing
+
+
+def test_topology_page_draws_every_host_with_live_health(stack: Stack, http, tmp_path):
+    """The viewer's topology page, rendered by headless Chromium: every host of the
+    topology, in its network, with the health the collector just probed."""
+    api = http.get(stack.url("collector", "/api/topology"), timeout=15).json()
+    assert {h["name"] for h in api["hosts"]} == {h.name for h in stack.topology.hosts}
+    assert all(h["healthy"] for h in api["hosts"]), [h for h in api["hosts"] if not h["healthy"]]
+    dom = _dump_dom(stack.url("collector", "/topology"), tmp_path)
+    for host in stack.topology.hosts:
+        assert f'data-host="{host.name}" data-health="up"' in dom, host.name
+    for network in stack.topology.networks:
+        assert f'data-network="{network}"' in dom
+    assert f"{len(stack.topology.hosts)}/{len(stack.topology.hosts)} healthy" in dom

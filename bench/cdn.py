@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.gateway import wrk
+from bench.wrk import print_results, wrk
 from tests.peers import our_service, real_nginx
 
 ORIGIN = ("127.30.8.1", 8000)
@@ -89,18 +89,11 @@ def main() -> None:
             wrk(url, 2, args.connections, args.threads)
             results["nginx proxy_cache"] = wrk(url, args.seconds, args.connections, args.threads)
     shutil.rmtree(tmp, ignore_errors=True)
-    print(
+    print_results(
         f"10 KB cache HIT, 1 worker each, wrk -t{args.threads} -c{args.connections}"
-        f" -d{args.seconds}s"
-    )
-    print(f"{'cache':20} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-    for name, r in results.items():
-        print(
-            f"{name:20} {r['rps']:>10.0f} {r.get('p50_ms', 0):>8.2f} {r.get('p99_ms', 0):>8.2f}"
-            f" {r['non2xx']:>8.0f}"
-        )
-    ratio = results["double-11 cache"]["rps"] / results["nginx proxy_cache"]["rps"]
-    print(f"ratio (ours / nginx proxy_cache): {ratio:.2f}x")
+        f" -d{args.seconds}s",
+        "cache", results, "double-11 cache", "nginx proxy_cache",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

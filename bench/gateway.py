@@ -11,12 +11,11 @@ Bounded by ``--seconds`` per proxy; traffic stays on loopback (127.10.8.0/24).
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
+from bench.wrk import print_results, wrk
 from tests.peers import our_gateway, real_nginx, wait_port
 
 UPSTREAM = "127.10.8.30:9100"
@@ -54,25 +53,6 @@ http {{
 """
 
 
-def wrk(url: str, seconds: int, connections: int, threads: int) -> dict[str, float]:
-    out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url],
-        capture_output=True, text=True, timeout=seconds + 60, check=True,
-    ).stdout  # fmt: skip
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: (.*)", out)
-    result = {"rps": rps, "non2xx": float(errors.group(1)) if errors else 0.0}
-    for pct in ("50", "99"):
-        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        if m:
-            scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-            result[f"p{pct}_ms"] = float(m.group(1)) * scale
-    if socket_errors:
-        print(f"  wrk socket errors: {socket_errors.group(1)}")
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=1)
@@ -100,18 +80,11 @@ def main() -> None:
             wrk(url, 2, args.connections, args.threads)
             results["nginx"] = wrk(url, args.seconds, args.connections, args.threads)
     shutil.rmtree(tmp, ignore_errors=True)
-    print(
+    print_results(
         f"reverse proxy, {args.workers} worker(s), wrk -t{args.threads} -c{args.connections}"
-        f" -d{args.seconds}s, upstream nginx 'return 200'"
-    )
-    print(f"{'proxy':20} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-    for name, r in results.items():
-        print(
-            f"{name:20} {r['rps']:>10.0f} {r.get('p50_ms', 0):>8.2f} {r.get('p99_ms', 0):>8.2f}"
-            f" {r['non2xx']:>8.0f}"
-        )
-    ratio = results["double-11 gateway"]["rps"] / results["nginx"]["rps"]
-    print(f"ratio (ours / nginx): {ratio:.2f}x")
+        f" -d{args.seconds}s, upstream nginx 'return 200'",
+        "proxy", results, "double-11 gateway", "nginx",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

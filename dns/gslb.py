@@ -270,7 +270,9 @@ class Gslb:
         """(ISP, region, scope) for the querier: the ECS subnet if given, else the address."""
         place = self.ipdb.lookup(subnet[0] if subnet else client)
         if place is None:
-            return self.default_isp, self.default_region, 0
+            # The default is an answer for this network only: SCOPE 0 would tell the
+            # resolver it suits everyone, and it would hand it to every client it has.
+            return self.default_isp, self.default_region, subnet[1] if subnet else 0
         scope = min(place.network.prefixlen, subnet[1]) if subnet else 0
         return place.isp, place.region, scope
 

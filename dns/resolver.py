@@ -47,6 +47,7 @@ from dns.message import ECS, EDNS_PAYLOAD, Exchange, Refusal, client_subnet, hea
 from dns.transport import DnsServer
 from dns.zone import key
 from infra.service import Component, Context, run
+from infra.telemetry import child_span
 
 log = logging.getLogger("d11.dns.resolver")
 
@@ -353,6 +354,26 @@ class Resolver:
         q.add_ar(EDNS0(udp_len=EDNS_PAYLOAD, opts=opts))
         wire = q.pack()
         self.upstream_queries += 1
+        # Each step of the walk is a span when the resolution belongs to a trace (HTTPDNS).
+        attrs = {
+            "server.address": server,
+            "dns.question.name": str(qname),
+            "dns.question.type": QTYPE.get(qtype),
+            "d11.dns.ecs": str(subnet or ""),
+        }
+        with child_span(f"DNS {QTYPE.get(qtype)} {qname}", attrs) as span:
+            reply = await self._exchange(server, wire, qid, qname, qtype)
+            span.set_attribute("dns.rcode", RCODE.get(reply.header.rcode))
+            span.set_attribute("dns.aa", bool(reply.header.aa))
+            span.set_attribute("dns.answers", len(reply.rr))
+            referral = [str(rr.rdata) for rr in reply.auth if rr.rtype == QTYPE.NS]
+            if referral and not reply.rr:
+                span.set_attribute("d11.dns.referral", ",".join(referral))
+        return reply
+
+    async def _exchange(
+        self, server: str, wire: bytes, qid: int, qname: DNSLabel, qtype: int
+    ) -> DNSRecord:
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)

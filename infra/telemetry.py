@@ -130,6 +130,17 @@ def client_span(
         yield span, inject({})
 
 
+@contextmanager
+def child_span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Span]:
+    """A CLIENT span only inside a trace already under way (say, an HTTPDNS request that
+    brought a traceparent); work with no trace to join starts none."""
+    if _tracer is None or not trace.get_current_span().get_span_context().is_valid:
+        yield trace.INVALID_SPAN
+        return
+    with _tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes) as span:
+        yield span
+
+
 def mark_error(span: Span, message: str) -> None:
     span.set_status(Status(StatusCode.ERROR, message))
 

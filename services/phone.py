@@ -113,9 +113,14 @@ class Phone:
 
     async def _connect_start(self, session, ctx, params) -> None:
         ctx.started = time.perf_counter()
+        # TCP and the TLS handshake, a span of its own under the request that needed it.
+        ctx.span = tracer().start_span(
+            "TCP+TLS connect", attributes={"client.address": self.address}
+        )
 
     async def _connect_end(self, session, ctx, params) -> None:
         self.tls_seconds.append(time.perf_counter() - ctx.started)
+        ctx.span.end()
 
     async def close(self) -> None:
         await self.session.close()

@@ -133,9 +133,11 @@ def test_big_answers_truncate_over_udp_and_come_whole_over_tcp(ns):
 def test_edns_version_and_client_subnet(ns):
     bad = dig("+norec", "+edns=1", "+noednsnegotiation", f"@{ns['dns-auth']}", "api.shop.example")
     assert status(bad) == "BADVERS"
-    ecs = dig("+norec", "+subnet=100.64.1.0/24", f"@{ns['dns-auth']}", "api.shop.example")
+    ecs = dig("+norec", "+subnet=100.64.1.0/24", f"@{ns['dns-auth']}", "shop.example")
     assert status(ecs) == "NOERROR"
     assert "CLIENT-SUBNET: 100.64.1.0/24/0" in ecs  # echoed, scope 0: not tailored
+    balanced = dig("+norec", "+subnet=127.102.9.0/24", f"@{ns['dns-auth']}", "api.shop.example")
+    assert "CLIENT-SUBNET: 127.102.9.0/24/16" in balanced  # the GSLB's: the database's /16
 
 
 def _udp(address: str, payload: bytes, timeout: float = 2.0) -> bytes | None:

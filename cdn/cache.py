@@ -80,6 +80,7 @@ NOT_STORED = semantics.HOP_BY_HOP | {"age", "content-length", "x-cache", "x-cach
 NOT_FRESHENED = {"content-length", "content-encoding", "content-range", "content-type"}
 ERROR_STATUSES = frozenset({500, 502, 503, 504})
 CONDITIONAL = ("If-None-Match", "If-Modified-Since", "Range")
+TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 
 
 @dataclass(frozen=True)
@@ -368,7 +369,10 @@ class CacheNode:
         attrs = {"server.address": self.parent_host, "server.port": self.parent_port,
                  "d11.cdn.parent": self.parent}  # fmt: skip
         with client_span(f"CDN fetch {self.tier}", attrs) as (span, carrier):
-            headers = [*self._upstream_headers(request), *extra, *carrier.items()]
+            headers = self._upstream_headers(request)
+            if carrier:  # traced: this fetch is the parent the next tier continues
+                headers = [(k, v) for k, v in headers if k.lower() not in TRACE_HEADERS]
+            headers += [*extra, *carrier.items()]
             data = encode_request("GET", key, headers, b"")
             sent = time.time()
             try:

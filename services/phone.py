@@ -142,9 +142,9 @@ class Phone:
         started = time.perf_counter()
         attrs = {"d11.dns.mode": self.mode, "d11.dns.names": ",".join(missing),
                  "client.address": self.address}  # fmt: skip
-        with client_span(f"DNS {self.mode}", attrs) as (span, _):
+        with client_span(f"DNS {self.mode}", attrs) as (span, carrier):
             if self.mode == "httpdns":
-                found = await self._httpdns(missing)
+                found = await self._httpdns(missing, carrier)
             else:
                 found = dict(
                     zip(
@@ -187,11 +187,15 @@ class Phone:
             return [str(rr.rdata) for rr in records], min((rr.ttl for rr in records), default=0)
         raise StepError("dns", f"{self.resolver} did not answer for {name}")
 
-    async def _httpdns(self, names: list[str]) -> dict[str, tuple[list[str], int]]:
-        """DNSPod style: one request for the batch, answered for this phone's address."""
+    async def _httpdns(
+        self, names: list[str], carrier: dict[str, str]
+    ) -> dict[str, tuple[list[str], int]]:
+        """DNSPod style: one request for the batch, answered for this phone's address; the
+        trace goes with it, so HTTPDNS's own resolution steps join the phone's trace."""
         url = f"http://{self.httpdns}/d"
+        query = {"dn": ",".join(names), "ttl": "1"}
         try:
-            async with self.session.get(url, params={"dn": ",".join(names), "ttl": "1"}) as r:
+            async with self.session.get(url, params=query, headers=carrier) as r:
                 text = await r.text()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise StepError("dns", f"httpdns: {exc}") from None

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import secrets
 import socket
 import struct
 import subprocess
@@ -577,3 +578,40 @@ def test_controller_signed_urls_load_from_both_edges(stack):
         assert client.get(unsigned).status_code == 403
         stats = client.get(stack.url("cdn-center", "/_cdn/stats")).json()
         assert stats["tier"] == "center" and stats["requests"] >= 2
+
+
+def test_a_miss_is_traced_tier_by_tier(stack):
+    """A traced request for a purged object: the edge's span continues the caller's trace,
+    and each tier's span is the child of the fetch the tier below made."""
+    from tests.conftest import wait_for
+
+    with httpx.Client(timeout=10) as client:
+        item = client.get(stack.url("controller-1", "/api/items/250")).json()
+        url = httpx.URL(item["images"][1])
+        edge = stack.topology.host("cdn-edge-east").address
+        purge = client.post(f"http://{edge}/_cdn/purge", json={"urls": [url.path]},
+                            headers={"X-Admin-Token": "double-11-lab-admin"})  # fmt: skip
+        assert purge.status_code == 200
+        trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+        traceparent = f"00-{trace_id}-{parent}-01"
+        r = client.get(
+            url.copy_with(host=edge),
+            headers={"Host": "img.shop.example", "traceparent": traceparent},
+        )
+        assert r.status_code == 200 and r.headers["x-cache"] == "MISS"
+
+        def spans():
+            got = client.get(stack.url("collector", f"/api/traces/{trace_id}"))
+            found = got.json()["spans"] if got.status_code == 200 else []
+            return (
+                found if {s["service"] for s in found} >= {"cdn-edge-east", "cdn-origin"} else None
+            )
+
+        found = wait_for(spans, timeout=10, what="the CDN trace")
+    by_id = {s["span_id"]: s for s in found}
+    server = {s["service"]: s for s in found if s["kind"] == "SERVER"}
+    assert server["cdn-edge-east"]["parent_span_id"] == parent
+    for tier, below in (("cdn-region-east", "cdn-edge-east"), ("cdn-center", "cdn-region-east"),
+                        ("cdn-origin", "cdn-center")):  # fmt: skip
+        fetch = by_id[server[tier]["parent_span_id"]]
+        assert fetch["service"] == below and fetch["kind"] == "CLIENT", (tier, fetch)

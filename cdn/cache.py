@@ -247,7 +247,9 @@ class CacheNode:
             "d11.cdn.node": self.name,
             "d11.cdn.tier": self.tier,
         }
-        return server_span(f"CDN {self.tier} {request.method}", request.headers, attributes)
+        return server_span(
+            f"CDN {self.tier} {request.method}", request.headers, attributes, self.ctx.tracer
+        )
 
     def _finish(self, span, request: Request, response: Response, outcome: str, started: float):
         span.set_attribute("http.response.status_code", response.status)
@@ -368,7 +370,7 @@ class CacheNode:
         self.stats.upstream_fetches += 1
         attrs = {"server.address": self.parent_host, "server.port": self.parent_port,
                  "d11.cdn.parent": self.parent}  # fmt: skip
-        with client_span(f"CDN fetch {self.tier}", attrs) as (span, carrier):
+        with client_span(f"CDN fetch {self.tier}", attrs, self.ctx.tracer) as (span, carrier):
             headers = self._upstream_headers(request)
             if carrier:  # traced: this fetch is the parent the next tier continues
                 headers = [(k, v) for k, v in headers if k.lower() not in TRACE_HEADERS]

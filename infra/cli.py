@@ -137,7 +137,8 @@ def _print_status(rows: list[dict[str, Any]]) -> None:
             health,
             f"{r['rss_bytes'] / 2**20:.1f}",
         )
-    total = sum(r["rss_bytes"] for r in rows)
+    # Hosts sharing a process report that process's memory: count each process once.
+    total = sum({r["pid"]: r["rss_bytes"] for r in rows if r["pid"]}.values())
     table.add_section()
     table.add_row(
         "total",

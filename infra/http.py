@@ -42,7 +42,7 @@ async def telemetry_middleware(request: web.Request, handler: Handler) -> web.St
     if peer:
         attributes["client.address"] = peer[0]
     status = 500
-    with server_span(f"{request.method} {route}", request.headers, attributes) as span:
+    with server_span(f"{request.method} {route}", request.headers, attributes, ctx.tracer) as span:
         try:
             response = await handler(request)
             status = response.status

@@ -4,6 +4,7 @@ address, wait for health, report status, and stop everything again."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -94,6 +95,7 @@ class Launcher:
         return env
 
     def log_path(self, name: str) -> Path:
+        """A host's log (for a host sharing a process, a link to the process's log)."""
         return self.logs / f"{name}.log"
 
     # -- up ----------------------------------------------------------------------------
@@ -107,23 +109,47 @@ class Launcher:
                 self.pids.remove(name)
         return alive
 
-    def spawn(self, host: Host, *, tie_to_launcher: bool) -> Started:
+    def spawn(self, hosts: list[Host], *, tie_to_launcher: bool) -> list[Started]:
+        """One process for these hosts: the host's module, or infra.group for several."""
         self.logs.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path(host.name), "wb") as log:
+        first = hosts[0]
+        if len(hosts) == 1 and not first.process:
+            command, env, log_name = (
+                [sys.executable, "-m", first.module],
+                self.environment(first),
+                first.name,
+            )
+        else:
+            # What every member shares is the process's environment; the rest is each one's.
+            envs = [self.environment(h) for h in hosts]
+            env = {k: v for k, v in envs[0].items() if all(e.get(k) == v for e in envs[1:])}
+            members = [
+                {"module": h.module, "env": {k: v for k, v in e.items() if env.get(k) != v}}
+                for h, e in zip(hosts, envs, strict=True)
+            ]
+            env["D11_GROUP"] = json.dumps({"name": first.group, "hosts": members})
+            command, log_name = [sys.executable, "-m", "infra.group"], first.group
+        log_file = self.logs / f"{log_name}.log"
+        with open(log_file, "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", host.module],
+                command,
                 cwd=ROOT,
-                env=self.environment(host),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group: down signals the whole service
                 preexec_fn=die_with_parent if tie_to_launcher else None,
             )
+        for host in hosts:
+            if self.log_path(host.name) != log_file:
+                self.log_path(host.name).unlink(missing_ok=True)
+                self.log_path(host.name).symlink_to(log_file.name)
         start_time = proc_start_time(process.pid)
         if start_time is not None:
-            self.pids.write(PidRecord(host.name, process.pid, start_time))
-        return Started(host, process)
+            for host in hosts:
+                self.pids.write(PidRecord(host.name, process.pid, start_time))
+        return [Started(host, process) for host in hosts]
 
     def up(
         self,
@@ -138,7 +164,11 @@ class Launcher:
         to_start = [h for h in wanted if h.name not in already]
         for host in to_start:
             check_free(host)
-        started = [self.spawn(h, tie_to_launcher=tie_to_launcher) for h in to_start]
+        started = [
+            s
+            for group in self.topology.groups(to_start)
+            for s in self.spawn(group, tie_to_launcher=tie_to_launcher)
+        ]
         try:
             asyncio.run(self._wait_healthy(wanted, started, timeout))
             # Healthy answers must have come from our processes, not from someone else's.

@@ -19,9 +19,11 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from opentelemetry import trace
+
 from infra.config import ConfigError, Settings
 from infra.logs import setup_logging
-from infra.telemetry import Metrics, setup_tracing
+from infra.telemetry import Metrics, host_tracer, setup_tracing
 
 log = logging.getLogger("d11.service")
 
@@ -77,6 +79,9 @@ class Context:
         self.metrics = Metrics(settings.name)
         # Set while draining: health checks turn unhealthy so balancers stop sending work.
         self.draining = False
+        # The host's own tracer when several hosts share a process (infra.group); None:
+        # the process's global one.
+        self.tracer: trace.Tracer | None = None
 
 
 Builder = Callable[[Context], Awaitable[Sequence[Component]]]
@@ -94,9 +99,35 @@ def run(build: Builder, *, name: str, role: str, port: int, grace: float = 5.0) 
     except ConfigError as exc:
         print(f"{name}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
-    setup_logging(settings.name, settings.log_level)
+    _run([(build, settings)], settings.name, settings.log_level, grace, shared_tracing=True)
+
+
+def run_hosts(members: list[tuple[Builder, Settings]], name: str, grace: float = 5.0) -> None:
+    """Several hosts in one process (infra.group): each its own settings, listeners,
+    metrics and tracer, one event loop, stopped together."""
+    _run(members, name, members[0][1].log_level, grace, shared_tracing=False)
+
+
+def _run(
+    members: list[tuple[Builder, Settings]],
+    name: str,
+    log_level: str,
+    grace: float,
+    *,
+    shared_tracing: bool,
+) -> None:
+    setup_logging(name, log_level)
     _raise_fd_limit()
-    provider = setup_tracing(settings)
+    hosts: list[tuple[Context, Builder]] = []
+    providers = []
+    for build, settings in members:
+        ctx = Context(settings)
+        provider = setup_tracing(settings, install=shared_tracing)
+        if provider is not None:
+            providers.append(provider)
+            if not shared_tracing:
+                ctx.tracer = host_tracer(provider)
+        hosts.append((ctx, build))
     try:
         import uvloop
 
@@ -106,16 +137,16 @@ def run(build: Builder, *, name: str, role: str, port: int, grace: float = 5.0) 
     code = 0
     with runner:
         try:
-            runner.run(_serve(Context(settings), build, grace))
+            runner.run(_serve(hosts, grace))
         except PortInUse as exc:
             log.error(str(exc))
-            print(f"{settings.name}: {exc}", file=sys.stderr)
+            print(f"{name}: {exc}", file=sys.stderr)
             code = EXIT_PORT_IN_USE
         except ConfigError as exc:
             log.error("configuration error: %s", exc)
-            print(f"{settings.name}: configuration error: {exc}", file=sys.stderr)
+            print(f"{name}: configuration error: {exc}", file=sys.stderr)
             code = EXIT_CONFIG
-    if provider is not None:
+    for provider in providers:
         provider.shutdown()  # flushes spans still queued for export
     if code:
         raise SystemExit(code)
@@ -128,22 +159,27 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _serve(ctx: Context, build: Builder, grace: float) -> None:
+async def _serve(hosts: list[tuple[Context, Builder]], grace: float) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    components = list(await build(ctx))
+    components: list[Component] = []
+    for ctx, build in hosts:
+        components += await build(ctx)
     started: list[Component] = []
     try:
         for component in components:
             await component.start()
             started.append(component)
-        s = ctx.settings
-        log.info("ready", extra={"role": s.role, "address": s.address, "port": s.port})
+        for ctx, _ in hosts:
+            s = ctx.settings
+            log.info("ready", extra={"host": s.name, "role": s.role, "address": s.address,
+                                     "port": s.port})  # fmt: skip
         await stop.wait()
         log.info("draining", extra={"grace_s": grace})
-        ctx.draining = True
+        for ctx, _ in hosts:
+            ctx.draining = True
     finally:
         for component in reversed(started):
             try:

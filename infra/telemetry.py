@@ -46,13 +46,16 @@ _TRACER_NAME = "double-11"
 _tracer: trace.Tracer | None = None  # set by setup_tracing; None = tracing off
 
 
-def setup_tracing(settings: Settings) -> TracerProvider | None:
-    """Install the global tracer provider for this service; None when the SDK is disabled."""
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+def setup_tracing(settings: Settings, *, install: bool = True) -> TracerProvider | None:
+    """The tracer provider for this service, installed as the global one unless
+    ``install`` is false (several hosts in one process each keep their own, see
+    infra.group); None when the SDK is disabled."""
+    env = settings.env or os.environ  # a host's own variables when it shares a process
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return None
     resource = Resource.create(
         {
-            "service.name": os.environ.get("OTEL_SERVICE_NAME") or settings.name,
+            "service.name": env.get("OTEL_SERVICE_NAME") or settings.name,
             "service.namespace": "double-11",
             "service.instance.id": f"{settings.name}@{settings.address}:{settings.port}",
             "host.name": settings.name,
@@ -66,10 +69,15 @@ def setup_tracing(settings: Settings) -> TracerProvider | None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
-    global _tracer
-    _tracer = provider.get_tracer(_TRACER_NAME)
+    if install:
+        trace.set_tracer_provider(provider)
+        global _tracer
+        _tracer = provider.get_tracer(_TRACER_NAME)
     return provider
+
+
+def host_tracer(provider: TracerProvider) -> trace.Tracer:
+    return provider.get_tracer(_TRACER_NAME)
 
 
 def tracing_enabled() -> bool:
@@ -98,13 +106,18 @@ def extract(carrier: Mapping[str, str]) -> otel_context.Context:
 
 @contextmanager
 def server_span(
-    name: str, carrier: Mapping[str, str], attributes: Mapping[str, Any] | None = None
+    name: str,
+    carrier: Mapping[str, str],
+    attributes: Mapping[str, Any] | None = None,
+    tracer: trace.Tracer | None = None,
 ) -> Iterator[Span]:
-    """A SERVER span continuing the trace found in an incoming carrier."""
-    if _tracer is None:  # tracing off: no span objects, no context switches
+    """A SERVER span continuing the trace found in an incoming carrier. ``tracer``: the
+    host's own (several hosts in one process), else the process's."""
+    chosen = tracer or _tracer
+    if chosen is None:  # tracing off: no span objects, no context switches
         yield trace.INVALID_SPAN
         return
-    with _tracer.start_as_current_span(
+    with chosen.start_as_current_span(
         name,
         context=extract(carrier),
         kind=SpanKind.SERVER,
@@ -117,14 +130,15 @@ def server_span(
 
 @contextmanager
 def client_span(
-    name: str, attributes: Mapping[str, Any] | None = None
+    name: str, attributes: Mapping[str, Any] | None = None, tracer: trace.Tracer | None = None
 ) -> Iterator[tuple[Span, dict[str, str]]]:
     """A CLIENT span and the carrier (headers/metadata) to send with the outgoing call.
     With tracing off the carrier is empty: callers pass on what they received instead."""
-    if _tracer is None:
+    chosen = tracer or _tracer
+    if chosen is None:
         yield trace.INVALID_SPAN, {}
         return
-    with _tracer.start_as_current_span(
+    with chosen.start_as_current_span(
         name, kind=SpanKind.CLIENT, attributes=attributes, record_exception=True
     ) as span:
         yield span, inject({})

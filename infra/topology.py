@@ -58,10 +58,16 @@ class Host:
     metrics_port: int | None = None
     networks: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    process: str = ""  # hosts naming the same process share one (infra.group)
 
     @property
     def endpoint(self) -> str:
         return f"{self.address}:{self.port}"
+
+    @property
+    def group(self) -> str:
+        """The process this host runs in: its own, or the one it shares."""
+        return self.process or self.name
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,13 @@ class Topology:
 
     def by_role(self, role: str) -> list[Host]:
         return [h for h in self.hosts if h.role == role]
+
+    def groups(self, hosts: list[Host] | None = None) -> list[list[Host]]:
+        """Hosts by the process they run in, in topology order."""
+        out: dict[str, list[Host]] = {}
+        for host in self.hosts if hosts is None else hosts:
+            out.setdefault(host.group, []).append(host)
+        return list(out.values())
 
     def expand(self, value: str) -> str:
         """Replace ``${host}``, ``${host.address}`` and ``${host.port}`` references."""
@@ -127,6 +140,7 @@ def _host(path: Path, index: int, entry: Any) -> Host:
             metrics_port=int(entry["metrics_port"]) if entry.get("metrics_port") else None,
             networks=tuple(entry.get("networks") or ()),
             env={str(k): str(v) for k, v in (entry.get("env") or {}).items()},
+            process=str(entry.get("process") or ""),
         )
     except KeyError as exc:
         raise TopologyError(f"{where}: missing field {exc.args[0]!r}") from None
@@ -144,12 +158,15 @@ def _host(path: Path, index: int, entry: Any) -> Host:
 
 
 def _check(path: Path, hosts: tuple[Host, ...]) -> None:
-    names: set[str] = set()
+    names: set[str] = {h.name for h in hosts}
+    seen: set[str] = set()
     listeners: dict[tuple[str, int], str] = {}
     for host in hosts:
-        if host.name in names:
+        if host.name in seen:
             raise TopologyError(f"{path}: host {host.name!r} is listed twice")
-        names.add(host.name)
+        seen.add(host.name)
+        if host.process in names:
+            raise TopologyError(f"{path}: {host.name}: process {host.process!r} is a host's name")
         for port in filter(None, (host.port, host.metrics_port)):
             other = listeners.setdefault((host.address, port), host.name)
             if other != host.name:

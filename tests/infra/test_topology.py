@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+
+import httpx
 import pytest
 import yaml
 
@@ -62,3 +65,23 @@ def test_settings_come_from_d11_variables():
         s.get("MISSING")
     with pytest.raises(ConfigError, match="D11_PORT"):
         Settings.from_env({"D11_PORT": "x"}, name="d", role="gateway", port=80)
+
+
+def test_hosts_sharing_a_process_are_still_hosts(stack):
+    """The DNS servers and the CDN's nodes share a process each, yet each has its own
+    address and health, its own /metrics, its own log name, and its own service name on
+    spans (checked in test_cdn's tier-by-tier trace)."""
+    topology = stack.topology
+    groups = {tuple(h.name for h in g) for g in topology.groups() if len(g) > 1}
+    assert any("dns-root" in g for g in groups) and any("cdn-edge-east" in g for g in groups)
+    rows = {r["name"]: r for r in json.loads(stack.d11("status", "--json").stdout)}
+    for group in groups:
+        pids = {rows[name]["pid"] for name in group}
+        assert len(pids) == 1 and None not in pids, group
+        assert all(rows[name]["healthy"] for name in group)
+        for name in group:
+            host = topology.host(name)
+            port = host.metrics_port or host.port
+            metrics = httpx.get(f"http://{host.address}:{port}/metrics", timeout=5)
+            assert metrics.status_code == 200 and "d11_requests" in metrics.text, name
+            assert (stack.run_dir / "logs" / f"{name}.log").exists()

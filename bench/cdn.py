@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.wrk import print_results, wrk
+from bench.wrk import measure, print_results
 from tests.peers import our_service, real_nginx
 
 ORIGIN = ("127.30.8.1", 8000)
@@ -76,8 +76,7 @@ def main() -> None:
             warm = httpx.get(url)
             assert warm.content == body, "the cache node served other bytes"
             assert httpx.get(url).headers["x-cache"] == "HIT"
-            wrk(url, 2, args.connections, args.threads)
-            results["double-11 cache"] = wrk(url, args.seconds, args.connections, args.threads)
+            results["double-11 cache"] = measure(url, args.seconds, args.connections, args.threads)
         # nginx's workers drop root: its cache directory must be theirs to write.
         tmp.chmod(0o755)
         (tmp / "nginx-cache").mkdir(mode=0o777)
@@ -86,8 +85,9 @@ def main() -> None:
             httpx.get(url)
             check = httpx.get(url)
             assert check.headers.get("x-cache") == "HIT", (check.status_code, check.headers)
-            wrk(url, 2, args.connections, args.threads)
-            results["nginx proxy_cache"] = wrk(url, args.seconds, args.connections, args.threads)
+            results["nginx proxy_cache"] = measure(
+                url, args.seconds, args.connections, args.threads
+            )
     shutil.rmtree(tmp, ignore_errors=True)
     print_results(
         f"10 KB cache HIT, 1 worker each, wrk -t{args.threads} -c{args.connections}"

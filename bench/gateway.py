@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench.wrk import print_results, wrk
+from bench.wrk import measure, print_results
 from tests.peers import our_gateway, real_nginx, wait_port
 
 UPSTREAM = "127.10.8.30:9100"
@@ -72,13 +72,13 @@ def main() -> None:
         (tmp / "run" / "logs").mkdir(parents=True)
         with our_gateway(conf, OURS[0], OURS[1], run_dir=tmp / "run"):
             url = f"http://{OURS[0]}:{OURS[1]}/"
-            wrk(url, 2, args.connections, args.threads)  # warm-up
-            results["double-11 gateway"] = wrk(url, args.seconds, args.connections, args.threads)
+            results["double-11 gateway"] = measure(
+                url, args.seconds, args.connections, args.threads
+            )
         nginx_conf = proxy_conf(f"{NGINX[0]}:{NGINX[1]}", args.workers, args.access_log)
         with real_nginx(nginx_conf, f"{NGINX[0]}:{NGINX[1]}"):
             url = f"http://{NGINX[0]}:{NGINX[1]}/"
-            wrk(url, 2, args.connections, args.threads)
-            results["nginx"] = wrk(url, args.seconds, args.connections, args.threads)
+            results["nginx"] = measure(url, args.seconds, args.connections, args.threads)
     shutil.rmtree(tmp, ignore_errors=True)
     print_results(
         f"reverse proxy, {args.workers} worker(s), wrk -t{args.threads} -c{args.connections}"

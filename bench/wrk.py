@@ -26,6 +26,12 @@ def wrk(url: str, seconds: int, connections: int, threads: int) -> dict[str, flo
     return result
 
 
+def measure(url: str, seconds: int, connections: int, threads: int) -> dict[str, float]:
+    """Two seconds of warm-up (connections opened, caches filled), then the measured run."""
+    wrk(url, 2, connections, threads)
+    return wrk(url, seconds, connections, threads)
+
+
 def print_results(
     title: str, kind: str, results: dict[str, dict[str, float]], ours: str, peer: str
 ):

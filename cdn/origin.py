@@ -182,12 +182,7 @@ class Origin:
 
     async def put(self, request: web.Request) -> web.Response:
         if not self._authorised(request):
-            return problem(
-                401,
-                "unauthorised",
-                "Unauthorised",
-                "uploads need X-Admin-Token",
-            )
+            return _unauthorised("uploads")
         path = request.path
         if reason := bad_path(path):
             return problem(400, "bad-path", "Bad object path", reason)
@@ -210,17 +205,16 @@ class Origin:
 
     async def delete(self, request: web.Request) -> web.Response:
         if not self._authorised(request):
-            return problem(
-                401,
-                "unauthorised",
-                "Unauthorised",
-                "deletes need X-Admin-Token",
-            )
+            return _unauthorised("deletes")
         if reason := bad_path(request.path):
             return problem(400, "bad-path", "Bad object path", reason)
         if not await self.store.delete(request.path):
             return problem(404, "not-found", "No such object", request.path)
         return web.Response(status=204)
+
+
+def _unauthorised(what: str) -> web.Response:
+    return problem(401, "unauthorised", "Unauthorised", f"{what} need X-Admin-Token")
 
 
 async def build(ctx: Context) -> Sequence[Component]:

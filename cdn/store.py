@@ -41,6 +41,7 @@ class Entry:
     chain: str = ""  # what the tiers behind said when it was fetched (X-Cache-Chain)
     directives: dict[str, str | None] = field(default_factory=dict)
     served: list[tuple[str, str]] | None = field(default=None, repr=False)  # see CacheNode
+    wire: tuple[int, bytes] | None = field(default=None, repr=False)  # (Age, encoded HIT)
 
     def __post_init__(self) -> None:
         self.directives = semantics.cache_control(

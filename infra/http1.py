@@ -117,13 +117,15 @@ class Request:
 
 
 class Response:
-    __slots__ = ("body", "headers", "status")
+    __slots__ = ("body", "headers", "status", "wire")
 
     def __init__(
         self, status: int, body: bytes = b"", headers: list[tuple[str, str]] | None = None
     ) -> None:
         self.status, self.body = status, body
         self.headers = headers if headers is not None else []
+        # Already encoded (a keep-alive answer to a GET), sent as it is.
+        self.wire: bytes | None = None
 
     def set(self, name: str, value: str) -> None:
         lower = name.lower()
@@ -132,6 +134,8 @@ class Response:
 
 
 def encode_response(r: Response, keep_alive: bool, head: bool, date: str) -> bytes:
+    if r.wire is not None and keep_alive and not head:
+        return r.wire
     lines = [f"HTTP/1.1 {r.status} {REASONS.get(r.status, 'Unknown')}"]
     lines += [f"{k}: {v}" for k, v in r.headers]
     if not any(k == "Date" for k, _ in r.headers):  # a cache passes the origin's Date on

@@ -158,8 +158,11 @@ class Launcher:
         tie_to_launcher: bool = False,
         timeout: float = 20.0,
     ) -> list[Started]:
-        """Start the named hosts (default: all) not already running; wait until healthy."""
-        wanted = self._select(names)
+        """Start the named hosts (default: all) not already running; wait until healthy.
+        A host that shares a process brings the whole process: the others in it are down
+        with it, and they come back together."""
+        selected = {h.group for h in self._select(names)}
+        wanted = [h for h in self.topology.hosts if h.group in selected]
         already = self.running()
         to_start = [h for h in wanted if h.name not in already]
         for host in to_start:

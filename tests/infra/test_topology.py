@@ -85,3 +85,11 @@ def test_hosts_sharing_a_process_are_still_hosts(stack):
             metrics = httpx.get(f"http://{host.address}:{port}/metrics", timeout=5)
             assert metrics.status_code == 200 and "d11_requests" in metrics.text, name
             assert (stack.run_dir / "logs" / f"{name}.log").exists()
+    # Stopping one of them stops its process; starting it brings the whole process back.
+    stack.d11("down", "cdn-region-north")
+    rows = {r["name"]: r for r in json.loads(stack.d11("status", "--json", check=False).stdout)}
+    assert not rows["cdn-edge-east"]["healthy"] and not rows["cdn-region-north"]["healthy"]
+    stack.d11("up", "--detach", "cdn-region-north")
+    rows = {r["name"]: r for r in json.loads(stack.d11("status", "--json").stdout)}
+    cdn = [h.name for h in topology.hosts if h.group == topology.host("cdn-edge-east").group]
+    assert all(rows[name]["healthy"] for name in cdn)

@@ -100,3 +100,29 @@ def test_top_shows_rates_errors_and_latencies(stack: Stack):
     assert edges > 1 and controllers > 1, rows
     assert rows["controller-1"]["errors_per_s"] == 0
     assert any(r["p99_ms"] for r in (rows["controller-1"], rows["controller-2"]))
+
+
+def test_the_locustfile_drives_the_shop(stack: Stack, tmp_path):
+    """Locust, headless, with the shipped locustfile: browsing, the edge's images and orders
+    over HTTPS through the gateway, no failure in Locust's own statistics."""
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from infra import ROOT
+
+    locust = Path(sys.executable).with_name("locust")
+    result = subprocess.run(
+        [str(locust), "-f", "locustfile.py", "--headless", "-u", "8", "-r", "8", "-t", "6s",
+         "--csv", str(tmp_path / "run"), "--only-summary", "--loglevel", "WARNING"],
+        cwd=ROOT, env={**stack.env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=90,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(tmp_path / "run_stats.csv") as fh:
+        rows = {r["Name"]: r for r in csv.DictReader(fh)}
+    total = rows["Aggregated"]
+    assert int(total["Request Count"]) > 20 and int(total["Failure Count"]) == 0, total
+    assert int(rows["/api/orders"]["Request Count"]) > 0
+    assert int(rows["CDN edge image"]["Request Count"]) > 0

@@ -1,5 +1,6 @@
-"""Peers for the gateway's tests and benchmark: real nginx, our gateway as a process, and
-plain HTTP upstreams that say who they are.
+"""Peers for the tests and benchmarks: our services as processes started the way the
+launcher starts them, real nginx, headless Chromium, and plain HTTP upstreams that say who
+they are.
 
 ``python -m tests.peers ADDR:PORT[,ADDR:PORT…] [--sick-dir DIR]`` serves, on every
 address: ``/who`` (its own address), ``/status/N`` (that status), ``/slow/MS`` (answers
@@ -145,6 +146,35 @@ def real_nginx(conf_text: str, listen: str) -> Iterator[Path]:
             proc.kill()
             proc.wait()
         shutil.rmtree(prefix, ignore_errors=True)
+
+
+def chromium_dom(url: str, tmp_path: Path) -> str:
+    """The DOM of a page after headless Chromium ran its scripts (the viewer's tests)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "chromium is required (Debian package 'chromium'; .ci/run installs it)"
+    result = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
 
 
 # -- the upstream server ------------------------------------------------------------------

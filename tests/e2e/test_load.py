@@ -10,11 +10,12 @@ import time
 import httpx
 
 from tests.conftest import Stack, wait_for
+from tests.peers import chromium_dom
 
 HOT = 3  # not item 1: the flash-sale test owns that one
 
 
-def test_flash_sale_load_sells_exactly_the_stock_and_audits(stack: Stack):
+def test_flash_sale_load_sells_exactly_the_stock_and_audits(stack: Stack, tmp_path):
     out = stack.d11(
         "load", "--scenario", "flash-sale", "--orders", "240", "--concurrency", "48",
         "--hot-item", str(HOT), "--stock", "30", "--protocol", "mix", "--json",
@@ -51,6 +52,12 @@ def test_flash_sale_load_sells_exactly_the_stock_and_audits(stack: Stack):
     services = {s["service"] for s in found}
     assert {"phone", "gateway", "inventory"} <= services, services
     assert any(s["service"].startswith("cdn-edge") for s in found), services
+    # The same trace in the terminal and in the web page.
+    terminal = stack.d11("trace", trace_id).stdout
+    assert f"trace {trace_id}" in terminal and "phone purchase" in terminal
+    dom = chromium_dom(stack.url("collector", f"/traces/{trace_id}"), tmp_path)
+    for span in found:
+        assert f'data-span-id="{span["span_id"]}"' in dom, span["name"]
 
 
 def test_roaming_placement_in_the_report(stack: Stack):

@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import shutil
-import subprocess
 
 import pytest
 
 from tests.conftest import Stack, set_stock, wait_for
+from tests.peers import chromium_dom
 
 
 def place_traced(stack: Stack, http, protocol: str) -> dict:
@@ -129,43 +128,15 @@ def test_d11_trace_draws_the_waterfall(stack: Stack, traced_order):
     assert stack.d11("trace", "0" * 31 + "1", check=False).returncode == 1
 
 
-def _dump_dom(url: str, tmp_path) -> str:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert browser, "chromium is required (Debian package 'chromium'; .ci/run installs it)"
-    result = subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'chromium'}",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
-
-
 def test_web_viewer_renders_the_trace_in_chromium(stack: Stack, traced_order, tmp_path):
     trace_id = traced_order["trace_id"]
-    dom = _dump_dom(stack.url("collector", f"/traces/{trace_id}"), tmp_path)
+    dom = chromium_dom(stack.url("collector", f"/traces/{trace_id}"), tmp_path)
     assert 'id="waterfall"' in dom
     for span in traced_order["spans"]:
         assert f'data-span-id="{span["span_id"]}"' in dom, span["name"]
     assert f"trace {trace_id} · {len(traced_order['spans'])} spans" in dom
 
-    listing = _dump_dom(stack.url("collector", "/"), tmp_path)
+    listing = chromium_dom(stack.url("collector", "/"), tmp_path)
     assert f'data-trace-id="{trace_id}"' in listing
 
 
@@ -175,7 +146,7 @@ def test_topology_page_draws_every_host_with_live_health(stack: Stack, http, tmp
     api = http.get(stack.url("collector", "/api/topology"), timeout=15).json()
     assert {h["name"] for h in api["hosts"]} == {h.name for h in stack.topology.hosts}
     assert all(h["healthy"] for h in api["hosts"]), [h for h in api["hosts"] if not h["healthy"]]
-    dom = _dump_dom(stack.url("collector", "/topology"), tmp_path)
+    dom = chromium_dom(stack.url("collector", "/topology"), tmp_path)
     for host in stack.topology.hosts:
         assert f'data-host="{host.name}" data-health="up"' in dom, host.name
     for network in stack.topology.networks:

@@ -109,6 +109,11 @@ class ClientTelemetry(grpc.aio.UnaryUnaryClientInterceptor):
             span.set_attribute("rpc.grpc.status_code", code.name)
             if code != grpc.StatusCode.OK:
                 mark_error(span, f"{code.name}: {await call.details()}")
+            elif span.is_recording() and hasattr(request, "ByteSize"):
+                # Message sizes (before gRPC's 5-byte framing): Dubbo's client span and
+                # SOAP's server span say how big their bodies were too.
+                span.set_attribute("rpc.request.size", request.ByteSize())
+                span.set_attribute("rpc.response.size", (await call).ByteSize())
             return call
 
 

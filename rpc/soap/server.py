@@ -242,7 +242,8 @@ def routes(soap: OrderSoap, ctx: Context) -> web.RouteTableDef:
             return web.Response(status=415, text=f"unsupported content type {content_type!r}")
         operation_name, outcome = "?", "OK"
         try:
-            soap_ns, wrapper, header = parse_envelope(await request.read(), content_type)
+            raw = await request.read()
+            soap_ns, wrapper, header = parse_envelope(raw, content_type)
             operation_name = wrapper.tag.split("}")[-1]
             operation = (
                 soap.operations.get(operation_name) if wrapper.tag.startswith(f"{{{NS}}}") else None
@@ -262,13 +263,15 @@ def routes(soap: OrderSoap, ctx: Context) -> web.RouteTableDef:
                 "rpc.method": operation_name,
             }
             with server_span(f"OrderService/{operation_name}", carrier, attributes) as span:
+                span.set_attribute("rpc.request.size", len(raw))
                 try:
                     response = ET.Element(q(f"{operation_name}Response"))
                     await operation(wrapper, response)
                 except DomainError as error:
                     mark_error(span, str(error))
                     raise Fault(error.code, error.message) from None
-            body = envelope(soap_ns, lambda b: b.append(response))
+                body = envelope(soap_ns, lambda b: b.append(response))
+                span.set_attribute("rpc.response.size", len(body))
             return web.Response(body=body, content_type=CONTENT_TYPES[soap_ns], charset="utf-8")
         except Fault as fault:
             outcome = fault.code.value

@@ -103,6 +103,14 @@ def test_one_trace_covers_every_hop(stack: Stack, http, protocol: str, rpc_syste
     )
     assert order_span["attributes"]["rpc.system"] == rpc_system
     assert order_span["attributes"]["rpc.method"] in ("PlaceOrder", "placeOrder")
+    # The RPC's size on the wire: the controller's call span (gRPC, Dubbo) or the SOAP
+    # server's span carries request and response bytes.
+    rpc_spans = [s for s in spans if s["attributes"].get("rpc.system") == rpc_system
+                 and s["attributes"].get("rpc.method") in ("PlaceOrder", "placeOrder")]  # fmt: skip
+    sized = [s for s in rpc_spans if "rpc.request.size" in s["attributes"]]
+    assert sized, rpc_spans
+    assert all(s["attributes"]["rpc.request.size"] > 20 for s in sized)
+    assert all(s["attributes"]["rpc.response.size"] > 20 for s in sized)
 
     # Children lie inside their parents, except work done after the answer (committing
     # the stock reservation), which only starts after its parent did.

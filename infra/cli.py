@@ -66,7 +66,13 @@ def _foreground(launcher: Launcher, names: list[str]) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    files = {name: open(launcher.log_path(name), "rb") for name in names}  # noqa: SIM115
+    # Hosts sharing a process share its log (their log paths link to it): read it once,
+    # under the process's name.
+    files = {}
+    for name in names:
+        path = launcher.log_path(name).resolve()
+        if path.stem not in files:
+            files[path.stem] = open(path, "rb")  # noqa: SIM115
     for f in files.values():
         f.seek(0, os.SEEK_END)
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from bench.wrk import measure, print_results
+from infra.config import LAB_ADMIN_TOKEN
 from tests.peers import our_service, real_nginx
 
 ORIGIN = ("127.30.8.1", 8000)
@@ -59,7 +60,7 @@ def main() -> None:
         raise SystemExit("wrk missing: apt-get install wrk")
     tmp = Path(tempfile.mkdtemp(prefix="d11-bench-cdn-"))
     results = {}
-    token = {"X-Admin-Token": "double-11-lab-admin"}
+    token = {"X-Admin-Token": LAB_ADMIN_TOKEN}
     with our_service("cdn.origin", *ORIGIN, run_dir=tmp / "run", D11_SERVICE="origin"):
         body = bytes(range(256)) * 40  # 10,240 bytes
         put = httpx.put(

@@ -24,10 +24,9 @@ from pathlib import Path
 import aiohttp
 
 from infra import topology
+from infra.config import LAB_ADMIN_TOKEN
 from infra.launcher import Launcher
 from infra.procs import group_members
-
-ADMIN_TOKEN = "double-11-lab-admin"
 
 
 def cpu_ticks(pgid: int) -> int:
@@ -76,7 +75,7 @@ async def set_stock(controller: str, item: int, available: int) -> None:
         session.put(
             f"http://{controller}/api/admin/items/{item}/stock",
             json={"available": available},
-            headers={"X-Admin-Token": ADMIN_TOKEN},
+            headers={"X-Admin-Token": LAB_ADMIN_TOKEN},
         ) as r,
     ):
         r.raise_for_status()

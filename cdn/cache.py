@@ -42,13 +42,14 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from cdn import semantics, signing
 from cdn.semantics import AgeClock, bad_path, format_http_date
 from cdn.store import Entry, Store
+from infra.config import LAB_ADMIN_TOKEN, ConfigError
 from infra.http1 import (
     HOUSEKEEPING,
     SERVER_HEADER,
@@ -64,7 +65,7 @@ from infra.http1 import (
     housekeeping,
 )
 from infra.service import Component, Context, bind_socket, run
-from infra.telemetry import client_span, mark_error, server_span
+from infra.telemetry import TRACE_HEADERS, client_span, mark_error, server_span
 
 log = logging.getLogger("d11.cdn")
 
@@ -74,6 +75,7 @@ SIGNING_PARAMS = frozenset({"md5", "expires", "auth_key"})
 NOT_FORWARDED = semantics.HOP_BY_HOP | {
     "host", "content-length", "range", "if-range", "if-none-match", "if-modified-since",
     "if-match", "if-unmodified-since", "cache-control", "pragma",
+    "x-forwarded-for", "via",  # extended with this hop, not passed as they came
 }  # fmt: skip
 # Response headers not stored (hop-by-hop) or replaced per answer.
 NOT_STORED = semantics.HOP_BY_HOP | {"age", "content-length", "x-cache", "x-cache-chain", "date"}
@@ -81,7 +83,6 @@ NOT_STORED = semantics.HOP_BY_HOP | {"age", "content-length", "x-cache", "x-cach
 NOT_FRESHENED = {"content-length", "content-encoding", "content-range", "content-type"}
 ERROR_STATUSES = frozenset({500, 502, 503, 504})
 CONDITIONAL = ("If-None-Match", "If-Modified-Since", "Range")
-TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 
 
 @dataclass(frozen=True)
@@ -136,21 +137,16 @@ class Stats:
 
     def count(self) -> None:
         self._window_count += 1
-        now = time.monotonic()
-        elapsed = now - self._window_start
-        if elapsed >= 1.0:
-            self._roll(now, elapsed)
-
-    def _roll(self, now: float, elapsed: float) -> None:
-        current = self._window_count / elapsed
-        self.rate = current if self.rate == 0 else 0.8 * self.rate + 0.2 * current
-        self._window_start, self._window_count = now, 0
+        self.current_rate()
 
     def current_rate(self) -> float:
+        """The average, folding in the window just past once it is a second old."""
         now = time.monotonic()
         elapsed = now - self._window_start
         if elapsed >= 1.0:
-            self._roll(now, elapsed)
+            current = self._window_count / elapsed
+            self.rate = current if self.rate == 0 else 0.8 * self.rate + 0.2 * current
+            self._window_start, self._window_count = now, 0
         return self.rate
 
 
@@ -161,7 +157,7 @@ class CacheNode:
         self.name = s.name
         self.tier = s.get("CDN_TIER", "edge")
         if self.tier not in ("edge", "region", "center"):
-            raise ValueError(f"D11_CDN_TIER={self.tier!r}: edge, region or center")
+            raise ConfigError(f"D11_CDN_TIER={self.tier!r}: edge, region or center")
         self.region = s.get("CDN_REGION", "")
         parent = s.get("CDN_PARENT")
         self.parent_host, _, port = parent.rpartition(":")
@@ -177,16 +173,16 @@ class CacheNode:
         self.connect_timeout = s.get_float("CDN_CONNECT_TIMEOUT", 2.0)
         self.read_timeout = s.get_float("CDN_READ_TIMEOUT", 5.0)
         self.capacity = s.get_float("CDN_CAPACITY", 5000.0)
-        self.admin_token = s.get("ADMIN_TOKEN", "double-11-lab-admin")
-        schemes = frozenset(x for x in s.get("CDN_SIGNING", "").split(",") if x)
+        self.admin_token = s.get("ADMIN_TOKEN", LAB_ADMIN_TOKEN)
+        schemes = frozenset(s.get_list("CDN_SIGNING", []))
         if schemes - {"secure_link", "type_a"}:
-            raise ValueError("D11_CDN_SIGNING: a list of secure_link, type_a")
+            raise ConfigError("D11_CDN_SIGNING: a list of secure_link, type_a")
         self.guard = Guard(
             schemes,
             s.get("CDN_SECRET", "double-11-lab-secret"),
             s.get("CDN_TYPE_A_KEY", "double-11-lab-secret"),
             s.get_int("CDN_TYPE_A_TTL", 1800),
-            tuple(p.lower() for p in s.get("CDN_REFERERS", "").split(",") if p),
+            tuple(p.lower() for p in s.get_list("CDN_REFERERS", [])),
             s.get("CDN_EMPTY_REFERER", "allow") == "allow",
         )
         self.via = f"1.1 {self.name} ({SERVER_HEADER})"
@@ -235,13 +231,12 @@ class CacheNode:
         if entry is None or entry.must_revalidate or entry.staleness(now) >= 0:
             return None
         started = time.perf_counter()
-        rh = request.headers
         with self._span(request) as span:
             if (
                 request.method == "GET"
                 and entry.status == 200
                 and request.keep_alive
-                and not any(h in rh for h in CONDITIONAL)
+                and not any(h in headers for h in CONDITIONAL)
             ):
                 # A plain GET: the same bytes for everyone while the Age is the same, so
                 # they are encoded once per second per object, as DNS answers are kept.
@@ -373,17 +368,12 @@ class CacheNode:
 
     # -- upstream --------------------------------------------------------------------------
     def _upstream_headers(self, request: Request) -> list[tuple[str, str]]:
-        out = [(k, v) for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED]
-        out.insert(0, ("Host", request.host or self.parent_host))
-        forwarded = request.headers.get("X-Forwarded-For")
-        out = [(k, v) for k, v in out if k.lower() not in ("x-forwarded-for", "via")]
-        out.append(
-            (
-                "X-Forwarded-For",
-                f"{forwarded}, {request.remote_addr}" if forwarded else request.remote_addr,
-            )
-        )
-        via = request.headers.get("Via")
+        headers = request.headers
+        out = [("Host", request.host or self.parent_host)]
+        out += [(k, v) for k, v in headers.items() if k.lower() not in NOT_FORWARDED]
+        forwarded, via = headers.get("X-Forwarded-For"), headers.get("Via")
+        out.append(("X-Forwarded-For", f"{forwarded}, {request.remote_addr}" if forwarded
+                    else request.remote_addr))  # fmt: skip
         out.append(("Via", f"{via}, {self.via}" if via else self.via))
         return out
 
@@ -422,9 +412,8 @@ class CacheNode:
         headers = [(k, v) for k, v in response.headers if k.lower() not in NOT_STORED]
         date = semantics.header(response.headers, "Date")
         if date is not None:
-            headers.append(("Date", date))
-        age = semantics.header(response.headers, "Age")
-        clock = AgeClock.of([("Date", date or ""), ("Age", age or "0")], sent, received)
+            headers.append(("Date", date))  # spelt as encode_response looks for it
+        clock = AgeClock.of(response.headers, sent, received)
         vary = semantics.vary_names(headers)
         chain = semantics.header(response.headers, "X-Cache-Chain") or ""
         if not chain and (upstream := semantics.header(response.headers, "X-Cache")):
@@ -441,14 +430,22 @@ class CacheNode:
             chain,
         )
 
+    @contextlib.contextmanager
+    def _leading(self, key: str) -> Iterator[None]:
+        """This request goes upstream for ``key``; others asking meanwhile wait for it
+        (nginx's proxy_cache_lock) and then look in the cache again."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.inflight[key] = done
+        try:
+            yield
+        finally:
+            self.inflight.pop(key, None)
+            done.set_result(None)
+
     async def _fetch_and_store(
         self, key: str, request: Request, *, collapse: bool
     ) -> tuple[Response, str]:
-        done: asyncio.Future[None] | None = None
-        if collapse:
-            done = asyncio.get_running_loop().create_future()
-            self.inflight[key] = done
-        try:
+        with self._leading(key) if collapse else contextlib.nullcontext():
             try:
                 response, sent, received = await self._exchange(key, request, [])
             except UpstreamError as exc:
@@ -457,19 +454,10 @@ class CacheNode:
             if self._worth_storing(entry, request):
                 self.store.put(entry)
             return self._from_entry(entry, request, "MISS", time.time()), "MISS"
-        finally:
-            if done is not None:
-                self.inflight.pop(key, None)
-                done.set_result(None)
 
     async def _revalidate(self, key: str, entry: Entry, request: Request) -> tuple[Response, str]:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.inflight[key] = done
-        try:
+        with self._leading(key):
             return await self._revalidate_now(key, entry, request)
-        finally:
-            self.inflight.pop(key, None)
-            done.set_result(None)
 
     async def _revalidate_now(
         self, key: str, entry: Entry, request: Request
@@ -519,8 +507,7 @@ class CacheNode:
         date = semantics.header(response.headers, "Date")
         if date is not None:
             headers = [(k, v) for k, v in headers if k.lower() != "date"] + [("Date", date)]
-        age = semantics.header(response.headers, "Age") or "0"
-        clock = AgeClock.of([("Date", date or ""), ("Age", age)], sent, received)
+        clock = AgeClock.of(response.headers, sent, received)
         return Entry(
             entry.key, entry.vary, entry.vary_values, entry.status, headers, entry.body, clock,
             semantics.freshness_lifetime(entry.status, headers), entry.chain,

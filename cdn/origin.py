@@ -34,6 +34,7 @@ from aiohttp import web
 
 from cdn import semantics
 from cdn.semantics import bad_path
+from infra.config import LAB_ADMIN_TOKEN
 from infra.http import HttpServer, make_app
 from infra.service import Component, Context, run
 from services import catalog
@@ -223,7 +224,7 @@ async def build(ctx: Context) -> Sequence[Component]:
     store = ObjectStore(
         s.data_dir / "objects", s.get("ORIGIN_CACHE_CONTROL", DEFAULT_CACHE_CONTROL)
     )
-    origin = Origin(store, s.get("ADMIN_TOKEN", "double-11-lab-admin"), max_object)
+    origin = Origin(store, s.get("ADMIN_TOKEN", LAB_ADMIN_TOKEN), max_object)
     app = make_app(ctx, client_max_size=max_object + 1)
     app.middlewares.append(problem_middleware)
     app.router.add_route("GET", "/{path:.*}", origin.get)

@@ -41,6 +41,7 @@ from infra.http1 import (
 from infra.pki import ensure_server_cert, pki_dir
 from infra.service import Component, Context
 from infra.telemetry import (
+    TRACE_HEADERS,
     client_span,
     mark_error,
     server_span,
@@ -56,7 +57,6 @@ HOP_BY_HOP = frozenset(
         "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length", "Host",
     )
 )  # fmt: skip
-TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 # nginx hides these upstream headers and sends its own.
 HIDDEN = HOP_BY_HOP | {"server", "date", "x-pad", "x-accel-redirect", "x-accel-buffering"}
 ADD_HEADER_STATUSES = frozenset({200, 201, 204, 206, 301, 302, 303, 304, 307, 308})

@@ -15,6 +15,9 @@ from pathlib import Path
 from infra import ROOT
 
 PREFIX = "D11_"
+# The lab's admin token (X-Admin-Token) where D11_ADMIN_TOKEN does not set another: the
+# controller's admin API, the CDN's uploads and operations, and the tools that call them.
+LAB_ADMIN_TOKEN = "double-11-lab-admin"
 
 
 class ConfigError(ValueError):

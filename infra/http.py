@@ -62,9 +62,8 @@ def make_app(ctx: Context, *, client_max_size: int = 1024**2) -> web.Application
     app[CTX_KEY] = ctx
 
     async def healthz(request: web.Request) -> web.Response:
-        s = ctx.settings
-        body = {"status": "draining" if ctx.draining else "ok", "service": s.name, "role": s.role}
-        return web.json_response(body, status=503 if ctx.draining else 200)
+        status, body = ctx.health()
+        return web.json_response(body, status=status)
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(

@@ -182,10 +182,8 @@ def housekeeping(ctx: Context, path: str) -> Response:
     """The service's own ``/healthz`` and ``/metrics``, as infra.http serves them."""
     if path == "/metrics":
         return Response(200, ctx.metrics.render(), [("Content-Type", PROMETHEUS_CONTENT_TYPE)])
-    s = ctx.settings
-    state = "draining" if ctx.draining else "ok"
-    body = json.dumps({"status": state, "service": s.name, "role": s.role}).encode()
-    return Response(503 if ctx.draining else 200, body, [("Content-Type", "application/json")])
+    status, body = ctx.health()
+    return Response(status, json.dumps(body).encode(), [("Content-Type", "application/json")])
 
 
 class ClientProtocol(asyncio.Protocol):

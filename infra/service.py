@@ -83,6 +83,12 @@ class Context:
         # the process's global one.
         self.tracer: trace.Tracer | None = None
 
+    def health(self) -> tuple[int, dict[str, str]]:
+        """The ``/healthz`` answer, whichever HTTP stack serves it: 503 while draining."""
+        s = self.settings
+        body = {"status": "draining" if self.draining else "ok", "service": s.name, "role": s.role}
+        return 503 if self.draining else 200, body
+
 
 Builder = Callable[[Context], Awaitable[Sequence[Component]]]
 

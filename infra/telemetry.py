@@ -31,11 +31,14 @@ from infra.config import Settings
 
 __all__ = [
     "PROMETHEUS_CONTENT_TYPE",
+    "TRACE_HEADERS",
     "Metrics",
     "SpanKind",
+    "child_span",
     "client_span",
     "extract",
     "format_trace_id",
+    "host_tracer",
     "inject",
     "server_span",
     "setup_tracing",
@@ -43,6 +46,8 @@ __all__ = [
 ]
 
 _TRACER_NAME = "double-11"
+# The W3C trace context headers: a proxy that traces sends its own, not the caller's.
+TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 _tracer: trace.Tracer | None = None  # set by setup_tracing; None = tracing off
 
 

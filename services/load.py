@@ -37,13 +37,12 @@ from rich.live import Live
 from rich.table import Table
 
 from infra import topology as topo
-from infra.config import Settings
+from infra.config import LAB_ADMIN_TOKEN, Settings
 from infra.launcher import run_dir
 from infra.telemetry import setup_tracing
 from services.phone import PLACES, Journey, Phone
 
 PROTOCOLS = ("grpc", "dubbo", "soap")
-ADMIN_TOKEN = "double-11-lab-admin"
 STEPS = ("dns", "tls", "item", "cdn", "order", "read")
 
 
@@ -177,7 +176,7 @@ class Run:
         async with session.put(
             f"{self.controller()}/api/admin/items/{item}/stock",
             json={"available": stock},
-            headers={"X-Admin-Token": ADMIN_TOKEN},
+            headers={"X-Admin-Token": LAB_ADMIN_TOKEN},
         ) as r:
             if r.status != 200:
                 raise SystemExit(f"could not set the stock of item {item}: HTTP {r.status}")

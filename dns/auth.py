@@ -77,10 +77,11 @@ class Authority:
         try:
             ex.check()
             q = query.q
-            zone = self.zone_for(key(q.qname))
+            name = key(q.qname)
+            zone = self.zone_for(name)
             if zone is None:
                 raise Refusal(RCODE.REFUSED)  # not ours, and we do not recurse
-            if self.gslb is not None and self.gslb.owns(key(q.qname)):
+            if self.gslb is not None and self.gslb.owns(name):
                 found, cacheable = Answer(), False
                 self._balance(ex, zone, found, q.qname, q.qtype, client)
             else:

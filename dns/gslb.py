@@ -31,7 +31,6 @@ import ipaddress
 import json
 import logging
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,11 +64,10 @@ class IpDatabase:
     """CIDR → (ISP, region), longest prefix first."""
 
     def __init__(self, places: list[Place]) -> None:
-        self.places = sorted(places, key=lambda p: p.network.prefixlen, reverse=True)
         self._by_prefix: dict[int, dict[Network, Place]] = {}
-        for place in self.places:
+        for place in places:
             self._by_prefix.setdefault(place.network.prefixlen, {})[place.network] = place
-        self._prefixes = sorted(self._by_prefix, reverse=True)
+        self._prefixes = sorted(self._by_prefix, reverse=True)  # longest first
 
     @classmethod
     def load(cls, path: Path) -> IpDatabase:
@@ -112,7 +110,6 @@ class Target:
     probe: str = ""  # http://host:port/path (a load report) or tcp:PORT
     healthy: bool = True  # until the first probe says otherwise
     load: float = 0.0
-    checked: float = 0.0
 
 
 class Prober:
@@ -120,7 +117,11 @@ class Prober:
     GET of the target's load report (``{"healthy": …, "load": …}``)."""
 
     def __init__(self, targets: list[Target], interval: float = 1.0, timeout: float = 0.8):
-        self.targets = [t for t in targets if t.probe]
+        # One probe per address and probe, whichever ISPs and regions list it.
+        self.targets: dict[tuple[str, str], list[Target]] = {}
+        for t in targets:
+            if t.probe:
+                self.targets.setdefault((t.address, t.probe), []).append(t)
         self.interval, self.timeout = interval, timeout
         self.task: asyncio.Task[None] | None = None
         self.pool = UpstreamPool(keepalive=1)
@@ -136,21 +137,21 @@ class Prober:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.gather(*(self.probe(t) for t in self.targets))
+            await asyncio.gather(*(self.probe(*key) for key in self.targets))
             await asyncio.sleep(self.interval)
 
-    async def probe(self, target: Target) -> None:
+    async def probe(self, address: str, probe: str) -> None:
         healthy, load = False, 1.0
         try:
-            if target.probe.startswith("tcp:"):
-                port = int(target.probe[4:])
+            if probe.startswith("tcp:"):
+                port = int(probe[4:])
                 async with asyncio.timeout(self.timeout):
-                    _, writer = await asyncio.open_connection(target.address, port)
+                    _, writer = await asyncio.open_connection(address, port)
                 writer.close()
                 healthy, load = True, 0.0
             else:
-                url = urlsplit(target.probe)
-                host, port = url.hostname or target.address, url.port or 80
+                url = urlsplit(probe)
+                host, port = url.hostname or address, url.port or 80
                 request = encode_request("GET", url.path or "/", [("Host", host)], b"")
                 r = await self.pool.exchange(
                     f"{host}:{port}", host, port, request, head=False,
@@ -161,18 +162,19 @@ class Prober:
                 load = float(report.get("load", 1.0))
         except (OSError, TimeoutError, ValueError, AttributeError, UpstreamError):
             pass
-        if healthy != target.healthy:
-            log.warning(
-                "target %s", "up" if healthy else "down",
-                extra={"target": target.name, "address": target.address},
-            )  # fmt: skip
-        target.healthy, target.load, target.checked = healthy, load, time.monotonic()
+        targets = self.targets[(address, probe)]
+        if healthy != targets[0].healthy:
+            names = [t.name for t in targets]
+            state = "up" if healthy else "down"
+            log.warning("target %s", state, extra={"targets": names, "address": address})
+        for target in targets:
+            target.healthy, target.load = healthy, load
 
 
 # -- services --------------------------------------------------------------------------------
 @dataclass
 class Decision:
-    """What the GSLB answered and why (for the answer, the span and the tests)."""
+    """What the GSLB answers: the records and the SCOPE they hold for, or SERVFAIL."""
 
     records: list[RR]
     scope: int  # ECS SCOPE PREFIX-LENGTH to answer with (0: good for everyone)

@@ -27,7 +27,7 @@ import secrets
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from dnslib import (
@@ -194,12 +194,15 @@ class Resolver:
 
     def _cached(self, name: Name, qtype: int, subnet: tuple[str, int] | None) -> Outcome | None:
         now = time.monotonic()
-        scope_keys = [""]
-        if subnet is not None:
-            for t in (qtype, QTYPE.CNAME):
-                for prefix in sorted(self.scopes.get((name, t), ()), reverse=True):
-                    scope_keys.append(_scope_key((subnet[0], min(prefix, subnet[1]))))
-        for scope_key in scope_keys:
+
+        def scope_keys() -> Iterator[str]:
+            yield ""  # answers good for everyone first; tailored ones only if none
+            if subnet is not None:
+                for t in (qtype, QTYPE.CNAME):
+                    for prefix in sorted(self.scopes.get((name, t), ()), reverse=True):
+                        yield _scope_key((subnet[0], min(prefix, subnet[1])))
+
+        for scope_key in scope_keys():
             for t in (qtype, QTYPE.CNAME):
                 entry = self.cache.get((name, t, scope_key))
                 if entry is None or entry.expires <= now:

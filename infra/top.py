@@ -107,6 +107,10 @@ def delta(new: Sample, old: Sample | None) -> dict:
     }
 
 
+def fmt(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
 class Top:
     def __init__(self, topology: topo.Topology) -> None:
         self.hosts = topology.hosts
@@ -136,10 +140,6 @@ class Top:
             t.add_column(col, justify="left" if col in ("service", "role", "busiest") else "right")
         for host in self.hosts:
             r = rows.get(host.name, {})
-
-            def fmt(v, spec: str = ".1f") -> str:
-                return "-" if v is None else format(v, spec)
-
             state = r.get("state", "?")
             style = {"up": "green", "down": "red"}.get(state, "dim")
             t.add_row(

@@ -111,7 +111,7 @@ class Run:
         return journey, order
 
     # -- driving ------------------------------------------------------------------------------
-    async def drive(self, phones: list[Phone], progress) -> None:
+    async def drive(self, phones: list[Phone]) -> None:
         a = self.args
         deadline = time.monotonic() + a.duration
         self.started = time.monotonic()
@@ -126,7 +126,6 @@ class Run:
                     break
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
                 tasks.append(asyncio.create_task(self._open_visit(idle, due)))
-                progress()
             await asyncio.gather(*tasks)
             return
         remaining = itertools.count()
@@ -134,7 +133,6 @@ class Run:
         async def worker(phone: Phone) -> None:
             while next(remaining) < a.orders and time.monotonic() < deadline:
                 await self._visit(phone, time.monotonic())
-                progress()
 
         await asyncio.gather(*(worker(p) for p in phones))
 
@@ -382,10 +380,11 @@ async def main_async(args: argparse.Namespace) -> int:
         try:
             started = time.monotonic()
             if args.json:
-                await run.drive(phones, lambda: None)
+                await run.drive(phones)
             else:
-                with Live(run.live(), console=console, refresh_per_second=4) as live:
-                    await run.drive(phones, lambda: live.update(run.live()))
+                # The table is drawn at each refresh (4 a second), not after every visit.
+                with Live(get_renderable=run.live, console=console, refresh_per_second=4):
+                    await run.drive(phones)
             elapsed = time.monotonic() - started
         finally:
             await asyncio.gather(*(p.close() for p in phones))

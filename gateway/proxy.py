@@ -179,6 +179,9 @@ class Gateway:
         by_name = {name: s for s in servers for name in s.names}
         default = servers[0]
         ctx = self.ctx
+        # Behind a NAT (Docker mode) the address phones dial is the NAT's, not ours: the
+        # span names the client, the public entry and the private address it was DNATed to.
+        public = ctx.settings.get("PUBLIC_ADDRESS", "") or address
 
         async def handle(request: Request) -> Response:
             if request.path in ("/healthz", "/metrics"):
@@ -192,6 +195,8 @@ class Gateway:
                 "server.address": address,
                 "server.port": port,
                 "client.address": request.remote_addr,
+                "d11.net.public_address": public,
+                "d11.net.private_address": address,
                 "d11.request_id": v.request_id,
             }
             with server_span(f"{request.method}", request.headers, attributes) as span:

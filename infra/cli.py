@@ -321,6 +321,18 @@ def cmd_load(args: argparse.Namespace, rest: list[str]) -> int:
     return load_main(rest)
 
 
+def cmd_compose(args: argparse.Namespace, rest: list[str]) -> int:
+    from infra.compose import main as compose_main
+
+    return compose_main(rest)
+
+
+def cmd_docker(args: argparse.Namespace, rest: list[str]) -> int:
+    from infra.dockerlab import main as docker_main
+
+    return docker_main(rest)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="d11", description="Double-11: one purchase, every protocol.")
     p.add_argument(
@@ -382,14 +394,27 @@ def parser() -> argparse.ArgumentParser:
         add_help=False,
     )  # fmt: skip
     load.set_defaults(func=cmd_load)
+
+    compose = sub.add_parser(
+        "compose", help="render compose.yaml and docker/ from the topology (--check)",
+        add_help=False,
+    )  # fmt: skip
+    compose.set_defaults(func=cmd_compose)
+    docker = sub.add_parser(
+        "docker", help="Docker mode on a machine without a registry: build, up, down",
+        add_help=False,
+    )  # fmt: skip
+    docker.set_defaults(func=cmd_docker)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     p = parser()
-    # Everything after `test` belongs to pytest, and after `load` to the load script.
-    for command, run in (("test", cmd_test), ("load", cmd_load)):
+    # Everything after `test` belongs to pytest, after `load` to the load script, etc.
+    passthrough = (("test", cmd_test), ("load", cmd_load), ("compose", cmd_compose),
+                   ("docker", cmd_docker))  # fmt: skip
+    for command, run in passthrough:
         if command in argv:
             i = argv.index(command)
             args = p.parse_args(argv[: i + 1])

@@ -38,7 +38,8 @@ ROLES = frozenset(
         "collector",
     }
 )
-PROTOCOLS = frozenset({"http", "https", "grpc", "dns", "dubbo"})
+PROTOCOLS = frozenset({"http", "https", "grpc", "dns", "dubbo", "nat"})
+MODES = ("process", "docker")
 
 _REF = re.compile(r"\$\{([a-z0-9-]+)(?:\.(address|port))?\}")
 
@@ -59,6 +60,16 @@ class Host:
     networks: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     process: str = ""  # hosts naming the same process share one (infra.group)
+    # Docker mode only: the address on each Docker network, and the VPC overlay the host
+    # joins (VPC name, overlay address); the host listens on its VPC address when it has one.
+    addresses: dict[str, str] = field(default_factory=dict)
+    vpc: tuple[str, str] | None = None
+    bind_any: bool = False  # listens on every address it has (0.0.0.0), not only ``address``
+    volumes: tuple[str, ...] = ()  # named volumes it mounts ("name:/path")
+
+    def address_on(self, network: str) -> str:
+        """Where a peer on ``network`` reaches this host (its only address in process mode)."""
+        return self.addresses.get(network, self.address)
 
     @property
     def endpoint(self) -> str:
@@ -75,6 +86,10 @@ class Topology:
     hosts: tuple[Host, ...]
     networks: dict[str, dict[str, Any]]
     path: Path
+    mode: str = "process"
+    # Docker mode: VPC name → {vni, subnet}; extra settings of the compose renderer.
+    vpcs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    docker: dict[str, Any] = field(default_factory=dict)
 
     def host(self, name: str) -> Host:
         for host in self.hosts:
@@ -109,20 +124,63 @@ class Topology:
         return {key: self.expand(str(value)) for key, value in host.env.items()}
 
 
-def load(path: Path | str | None = None) -> Topology:
+def load(path: Path | str | None = None, mode: str | None = None) -> Topology:
+    """The topology for process mode (loopback addresses) or Docker mode (``D11_MODE=docker``:
+    the Docker networks' addresses, the docker-only hosts, and each host's ``docker.env``)."""
     path = Path(path or os.environ.get("D11_TOPOLOGY") or DEFAULT_PATH)
+    mode = mode or os.environ.get("D11_MODE") or "process"
+    if mode not in MODES:
+        raise TopologyError(f"D11_MODE={mode!r}: expected one of {', '.join(MODES)}")
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise TopologyError(f"{path}: {exc}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("hosts"), list):
         raise TopologyError(f"{path}: expected a mapping with a 'hosts' list")
-    hosts = tuple(_host(path, i, entry) for i, entry in enumerate(raw["hosts"]))
+    docker = dict(raw.get("docker") or {})
+    entries = list(raw["hosts"])
+    networks = dict(raw.get("networks") or {})
+    vpcs: dict[str, dict[str, Any]] = {}
+    if mode == "docker":
+        entries = [_docker_entry(path, e) for e in entries + list(docker.get("hosts") or [])]
+        networks = dict(docker.get("networks") or {})
+        vpcs = dict(docker.get("vpcs") or {})
+    hosts = tuple(_host(path, i, entry) for i, entry in enumerate(entries))
     _check(path, hosts)
-    topology = Topology(hosts=hosts, networks=dict(raw.get("networks") or {}), path=path)
+    topology = Topology(hosts=hosts, networks=networks, path=path, mode=mode, vpcs=vpcs,
+                        docker=docker)  # fmt: skip
     for host in hosts:
         topology.environment(host)  # fail now on dangling ${host} references
     return topology
+
+
+def _docker_entry(path: Path, entry: Any) -> dict[str, Any]:
+    """A host entry as Docker mode sees it: its addresses on the Docker networks, its VPC,
+    its own container (no shared process), and ``docker.env`` over ``env``."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("docker"), dict):
+        name = entry.get("name") if isinstance(entry, dict) else entry
+        raise TopologyError(f"{path}: host {name!r} has no docker addresses")
+    spec = dict(entry["docker"])
+    vpc = spec.pop("vpc", None)
+    listen = str(spec.pop("listen", ""))
+    volumes = [str(v) for v in spec.pop("volumes", None) or ()]
+    env = {**(entry.get("env") or {}), **(spec.pop("env", None) or {})}
+    addresses = {str(k): str(v) for k, v in spec.items()}
+    out = {**entry, "env": env, "process": "", "addresses": addresses,
+           "networks": list(addresses), "volumes": volumes}  # fmt: skip
+    if vpc:
+        ((vpc_name, vpc_address),) = dict(vpc).items()
+        out["vpc"] = (str(vpc_name), str(vpc_address))
+    if listen not in ("", "any", *addresses):
+        raise TopologyError(f"{path}: {entry.get('name')}: listen {listen!r} is not a network")
+    out["bind_any"] = listen == "any"
+    if listen in addresses:
+        out["address"] = addresses[listen]
+    elif vpc and not listen:
+        out["address"] = out["vpc"][1]
+    elif addresses:
+        out["address"] = next(iter(addresses.values()))
+    return out
 
 
 def _host(path: Path, index: int, entry: Any) -> Host:
@@ -141,6 +199,10 @@ def _host(path: Path, index: int, entry: Any) -> Host:
             networks=tuple(entry.get("networks") or ()),
             env={str(k): str(v) for k, v in (entry.get("env") or {}).items()},
             process=str(entry.get("process") or ""),
+            addresses=dict(entry.get("addresses") or {}),
+            vpc=entry.get("vpc"),
+            bind_any=bool(entry.get("bind_any")),
+            volumes=tuple(entry.get("volumes") or ()),
         )
     except KeyError as exc:
         raise TopologyError(f"{where}: missing field {exc.args[0]!r}") from None
@@ -160,7 +222,7 @@ def _host(path: Path, index: int, entry: Any) -> Host:
 def _check(path: Path, hosts: tuple[Host, ...]) -> None:
     names: set[str] = {h.name for h in hosts}
     seen: set[str] = set()
-    listeners: dict[tuple[str, int], str] = {}
+    listeners: dict[tuple[str, str, int], str] = {}
     for host in hosts:
         if host.name in seen:
             raise TopologyError(f"{path}: host {host.name!r} is listed twice")
@@ -168,7 +230,9 @@ def _check(path: Path, hosts: tuple[Host, ...]) -> None:
         if host.process in names:
             raise TopologyError(f"{path}: {host.name}: process {host.process!r} is a host's name")
         for port in filter(None, (host.port, host.metrics_port)):
-            other = listeners.setdefault((host.address, port), host.name)
+            # VPCs may reuse each other's addresses: an overlay address is per VPC.
+            key = (host.vpc[0] if host.vpc else "", host.address, port)
+            other = listeners.setdefault(key, host.name)
             if other != host.name:
                 raise TopologyError(
                     f"{path}: {host.name} and {other} both listen on {host.address}:{port}"

@@ -39,6 +39,7 @@ from rich.table import Table
 from infra import topology as topo
 from infra.config import LAB_ADMIN_TOKEN, Settings
 from infra.launcher import run_dir
+from infra.pki import pki_dir
 from infra.telemetry import setup_tracing
 from services.phone import PLACES, Journey, Phone
 
@@ -88,8 +89,11 @@ class Run:
         places = list(PLACES.items())
         out = []
         for n in range(self.args.concurrency):
-            (isp, region), prefix = places[n % len(places)]
-            address = f"{prefix}.{n // 250}.{n % 250 + 1}"
+            (isp, region), block = places[n % len(places)]
+            index = n // len(places) + 1  # skip the block's network address
+            if index >= block.num_addresses - 1:
+                raise SystemExit(f"--concurrency {self.args.concurrency}: {block} is full")
+            address = str(block[index])
             # Spread evenly, so every place gets its share of each way of resolving.
             k = n // len(places)
             share = self.args.httpdns_share
@@ -359,8 +363,7 @@ def print_report(r: dict, console: Console) -> None:
 
 async def main_async(args: argparse.Namespace) -> int:
     topology = topo.load()
-    directory = run_dir()
-    ca = directory / "pki" / "ca.crt"
+    ca = pki_dir(os.environ, run_dir()) / "ca.crt"
     if not ca.exists():
         raise SystemExit(f"no lab CA at {ca}: start the stack with ./d11 up first")
     collector = topology.by_role("collector")

@@ -22,6 +22,8 @@ import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
+import ipaddress
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +33,24 @@ from dnslib import QTYPE, DNSRecord
 from infra.telemetry import client_span, format_trace_id, tracer
 
 API_NAME, IMG_NAME = "api.shop.example", "img.shop.example"
-HTTPS_PORT = 8443
+# The entry's HTTPS port: the gateway's own in process mode, the NAT's 443 in Docker mode.
+HTTPS_PORT = int(os.environ.get("D11_API_PORT") or 8443)
 REFERER = "https://www.shop.example/"
 
-# Phone subnets of dns/gslb/ipdb.csv: (ISP, region) → the /16 its phones live in.
-PLACES: dict[tuple[str, str], str] = {
-    ("telecom", "east"): "127.100",
-    ("telecom", "north"): "127.101",
-    ("unicom", "east"): "127.102",
-    ("unicom", "north"): "127.103",
+# Phone subnets of dns/gslb/ipdb.csv: (ISP, region) → the block its phones live in. Docker
+# mode sets D11_PHONE_PLACES ("telecom/east=198.19.0.64/27,...") to the container's blocks.
+PLACES: dict[tuple[str, str], ipaddress.IPv4Network] = {
+    ("telecom", "east"): ipaddress.IPv4Network("127.100.0.0/16"),
+    ("telecom", "north"): ipaddress.IPv4Network("127.101.0.0/16"),
+    ("unicom", "east"): ipaddress.IPv4Network("127.102.0.0/16"),
+    ("unicom", "north"): ipaddress.IPv4Network("127.103.0.0/16"),
 }
+if os.environ.get("D11_PHONE_PLACES"):
+    PLACES = {}
+    for item in os.environ["D11_PHONE_PLACES"].split(","):
+        place, _, block = item.partition("=")
+        isp, _, region = place.strip().partition("/")
+        PLACES[(isp, region)] = ipaddress.IPv4Network(block.strip())
 
 
 class StepError(Exception):

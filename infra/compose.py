@@ -1,0 +1,269 @@
+"""Docker mode, rendered from the topology: ``compose.yaml`` and the Docker copies of the
+DNS data (``docker/zones``, ``docker/gslb``).
+
+``./d11 compose`` writes them; ``./d11 compose --check`` fails when a committed file
+differs from what the topology gives (CI runs it through the tests). compose.yaml keeps to
+what Compose v1.29 and v2 both accept: no top-level ``name:``, no ``start_interval``.
+
+The zones and GSLB policies are the process-mode files with every address translated:
+each host's loopback address becomes its Docker address, and ``docker.translate`` in the
+topology covers the rest (public entry addresses, the probe port the NAT exposes). A
+loopback address left over is an error, so nothing of process mode leaks into containers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infra import ROOT
+from infra import topology as topo
+from infra.topology import Host, Topology
+
+COMPOSE_FILE = ROOT / "compose.yaml"
+DOCKER_DIR = ROOT / "docker"
+ZONES = ROOT / "dns" / "zones"
+POLICIES = ROOT / "dns" / "gslb"
+IMAGE = "double-11:latest"
+PKI_DIR = "/var/lib/d11/pki"
+# Only these reach the host: the public entry (through the NAT) and the trace viewer.
+PUBLISHED = {"nat": "127.0.0.1:${D11_HTTPS_PORT:-8443}:443",
+             "collector": "127.0.0.1:${D11_VIEWER_PORT:-16686}:4318"}  # fmt: skip
+HEADER = """\
+# Double-11 in containers: every host of infra/topology.yaml in its own container.
+# RENDERED by `./d11 compose` from infra/topology.yaml; edit that file, not this one
+# (a test fails when the two disagree).
+#
+#   docker compose up            (or docker-compose up, v1.29)
+#   https://localhost:8443        the public entry, through the NAT gateway
+#   http://localhost:16686        the trace viewer
+#   docker compose exec phone python -m infra load --scenario flash-sale
+#
+# Networks (TEST-NET and benchmarking ranges): internet 198.19.0.0/16, underlay
+# 198.18.0.0/24, and inside the containers the VXLAN VPCs 198.18.100.0/24 (VNI 100, the
+# shop; VNI 200, another tenant). See docker/README.md.
+"""
+_CALLS = re.compile(r"\$\{([a-z0-9-]+)\}")  # ${host}: an endpoint it calls (not ${host.address})
+_LOOPBACK = re.compile(r"(?<![\d.])127\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\d.])")
+
+
+def needs_net_admin(t: Topology, host: Host) -> bool:
+    """VPC members (VXLAN), the NAT, and underlay-only hosts that route through the NAT."""
+    if host.vpc is not None or host.role == "nat":
+        return True
+    return host.role == "gateway"  # replies to DNATed clients go back through the NAT
+
+
+def depends(t: Topology, host: Host) -> list[str]:
+    """Hosts this one needs healthy first: those whose endpoint its settings name (it calls
+    them; naming an address alone is no dependency), and the collector."""
+    names = {m.group(1) for v in host.env.values() for m in _CALLS.finditer(v)}
+    names |= {h.name for h in t.by_role("collector")}
+    names.discard(host.name)
+    return [h.name for h in t.hosts if h.name in names]
+
+
+def collector_for(t: Topology, networks: list[str]) -> str:
+    collector = t.by_role("collector")[0]
+    shared = [n for n in networks if n in collector.addresses] or list(collector.addresses)
+    return f"http://{collector.address_on(shared[0])}:{collector.port}"
+
+
+def environment(t: Topology, host: Host) -> dict[str, str]:
+    env = {
+        "D11_SERVICE": host.name,
+        "D11_ROLE": host.role,
+        "D11_ADDRESS": "0.0.0.0" if host.bind_any else host.address,
+        "D11_PORT": str(host.port),
+        "OTEL_SERVICE_NAME": host.name,
+    }
+    if host.metrics_port:
+        env["D11_METRICS_PORT"] = str(host.metrics_port)
+    if host.vpc is not None:
+        env["D11_VNI"] = str(t.vpcs[host.vpc[0]]["vni"])
+    if host.role != "collector":
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = collector_for(t, list(host.addresses))
+    env.update(t.environment(host))
+    return env
+
+
+def healthcheck(host: Host) -> dict[str, Any]:
+    test = (["CMD", "python", "-m", "infra.nat", "--check"] if host.role == "nat"
+            else ["CMD", "python", "-m", "infra.healthcheck", host.protocol])  # fmt: skip
+    return {"test": test, "interval": "3s", "timeout": "3s", "retries": 30}
+
+
+def networks_of(t: Topology, addresses: dict[str, str]) -> dict[str, Any]:
+    return {net: {"ipv4_address": addresses[net]} for net in t.networks if net in addresses}
+
+
+def service(t: Topology, host: Host) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "<<": "*service",
+        "hostname": host.name,
+        "environment": environment(t, host),
+        "networks": networks_of(t, host.addresses),
+        "healthcheck": healthcheck(host),
+    }
+    if deps := depends(t, host):
+        out["depends_on"] = {d: {"condition": "service_healthy"} for d in deps}
+    if needs_net_admin(t, host):
+        out["cap_add"] = ["NET_ADMIN"]
+        out["user"] = "root"  # infra.container sets the network up, then drops to d11
+    if host.role == "nat":
+        out["sysctls"] = {"net.ipv4.ip_forward": 1}
+    if host.role in PUBLISHED:
+        out["ports"] = [PUBLISHED[host.role]]
+    if host.volumes:
+        out["volumes"] = list(host.volumes)
+    return out
+
+
+def phone(t: Topology) -> dict[str, Any]:
+    spec = t.docker["phone"]
+    addresses = {k: v for k, v in spec.items() if k in t.networks}
+    resolver = t.host(spec["resolver"])
+    return {
+        "<<": "*service",
+        "hostname": "phone",
+        # The phone container is ./d11 load's home: `docker compose exec phone python -m
+        # infra load ...`. It idles until then.
+        "environment": {
+            "D11_SERVICE": "phone",
+            "D11_API_PORT": "443",
+            "D11_PHONE_PLACES": ",".join(f"{k}={v}" for k, v in spec["places"].items()),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector_for(t, list(addresses)),
+        },
+        "networks": networks_of(t, addresses),
+        "dns": [resolver.address],
+        "cap_add": ["NET_ADMIN"],  # its phones' addresses, one block per ISP/region
+        "user": "root",
+        "volumes": [f"pki:{PKI_DIR}:ro"],
+        # Everything of the shop (the first VPC): not the other tenant.
+        "depends_on": {h.name: {"condition": "service_healthy"} for h in t.hosts
+                       if h.vpc is None or h.vpc[0] == next(iter(t.vpcs))},
+    }  # fmt: skip
+
+
+class _Dumper(yaml.SafeDumper):
+    """Short all-scalar collections on one line ({ipv4_address: ...}, [CMD, ...]), the
+    rest (environments) one entry per line, as people write compose files."""
+
+    def represent_dict(self, data: dict) -> yaml.Node:  # type: ignore[override]
+        flat = len(data) <= 2 and not any(isinstance(v, dict | list) for v in data.values())
+        return self.represent_mapping("tag:yaml.org,2002:map", data, flow_style=flat)
+
+    def represent_list(self, data: list) -> yaml.Node:  # type: ignore[override]
+        flat = not any(isinstance(v, dict | list) for v in data)
+        return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flat)
+
+
+_Dumper.add_representer(dict, _Dumper.represent_dict)
+_Dumper.add_representer(list, _Dumper.represent_list)
+
+
+def render(t: Topology) -> str:
+    services = {h.name: service(t, h) for h in t.hosts}
+    services["phone"] = phone(t)
+    doc = {
+        "x-service": {
+            "build": {"context": ".", "args": {"BASE_IMAGE": "${D11_BASE_IMAGE:-python:3.11-slim}"}},
+            "image": IMAGE,  # D11_MODE=docker, the run and PKI directories: the image's ENV
+            "init": True,
+        },
+        "services": services,
+        # No masquerading by the host: the lab's networks are closed, and with the host's
+        # bridge netfilter it would rewrite the NAT gateway's own DNATed packets.
+        "networks": {
+            name: {
+                "driver": "bridge",
+                "driver_opts": {"com.docker.network.bridge.enable_ip_masquerade": "false"},
+                "ipam": {"config": [{"subnet": net["subnet"]}]},
+            }
+            for name, net in t.networks.items()
+        },
+        "volumes": {v.split(":")[0]: {} for h in t.hosts for v in h.volumes},
+    }
+    text = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=100)
+    # safe_dump knows nothing of anchors: name the shared block and merge it in each service.
+    text = text.replace("x-service:\n", "x-service: &service\n", 1)
+    text = text.replace("'<<': '*service'", "<<: *service")
+    return HEADER + text
+
+
+# -- the DNS data -----------------------------------------------------------------------------
+def translations(process: Topology, docker: Topology) -> dict[str, str]:
+    out = {}
+    for host in process.hosts:
+        try:
+            other = docker.host(host.name)
+        except KeyError:
+            continue
+        out[host.address] = other.address
+    out.update({str(k): str(v) for k, v in (docker.docker.get("translate") or {}).items()})
+    return out
+
+
+def translate(text: str, table: dict[str, str], where: str) -> str:
+    words = {k: v for k, v in table.items() if not _LOOPBACK.fullmatch(k)}
+    for old, new in words.items():
+        text = text.replace(old, new)
+
+    def sub(match: re.Match[str]) -> str:
+        try:
+            return table[match.group(0)]
+        except KeyError:
+            raise SystemExit(f"{where}: {match.group(0)} has no Docker address") from None
+
+    return _LOOPBACK.sub(sub, text)
+
+
+def data_files(process: Topology, docker: Topology) -> dict[Path, str]:
+    """docker/zones/* and docker/gslb/* as the topology gives them."""
+    table = translations(process, docker)
+    note = "; Docker mode copy, rendered by `./d11 compose` from dns/zones/{}: do not edit.\n"
+    out: dict[Path, str] = {}
+    for zone in sorted(ZONES.glob("*.zone")):
+        text = translate(zone.read_text(), table, str(zone))
+        out[DOCKER_DIR / "zones" / zone.name] = note.format(zone.name) + text
+    for policy in sorted(POLICIES.glob("*.yaml")):
+        text = translate(policy.read_text(), table, str(policy))
+        text = re.sub(r"^ipdb: (\S+)", r"ipdb: ../../dns/gslb/\1", text, count=1, flags=re.M)
+        head = f"# Docker mode copy, rendered by `./d11 compose` from dns/gslb/{policy.name}.\n"
+        out[DOCKER_DIR / "gslb" / policy.name] = head + text
+    return out
+
+
+def rendered() -> dict[Path, str]:
+    process, docker = topo.load(mode="process"), topo.load(mode="docker")
+    return {COMPOSE_FILE: render(docker), **data_files(process, docker)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="d11 compose", description=__doc__.split("\n")[0])
+    p.add_argument("--check", action="store_true", help="fail if a rendered file is stale")
+    args = p.parse_args(argv)
+    stale = []
+    for path, text in rendered().items():
+        current = path.read_text() if path.exists() else None
+        if current == text:
+            continue
+        stale.append(path.relative_to(ROOT))
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    if args.check and stale:
+        print("stale (run ./d11 compose): " + ", ".join(map(str, stale)), file=sys.stderr)
+        return 1
+    for path in stale:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

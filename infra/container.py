@@ -1,0 +1,163 @@
+"""Docker mode's entry point: set up the container's network as the topology says, then
+become the unprivileged ``d11`` user and run the host's module.
+
+``python -m infra.container`` reads ``D11_SERVICE`` (the host, or ``phone``) and the Docker
+view of the topology (``D11_MODE=docker``), and before the service starts:
+
+* **VPC overlay.** A host with ``vpc:`` gets a kernel VXLAN device (VNI = the VPC's id,
+  UDP 4789) over its underlay address, with its overlay address on it. Peers are known
+  from the topology, so every entry is static (L2 population, no multicast): each peer's
+  MAC → its underlay address in the FDB, its overlay IP → MAC in the neighbour table, and
+  an all-zeros FDB entry per peer for what little is flooded.
+* **Routes through the NAT.** A host on the underlay alone reaches the internet network
+  through the NAT gateway's private leg (replies to DNATed clients, and VPC hosts going out).
+* **Phones.** The phone container holds one address block per ISP/region on its internet
+  leg, so the GSLBs place each simulated phone by its own source address.
+
+Only containers given ``NET_ADMIN`` start as root; the service itself never runs as root,
+except the NAT gateway, whose job is the kernel's NAT table.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import pwd
+import subprocess
+import sys
+from collections.abc import Iterable
+
+from infra import topology as topo
+from infra.topology import Host, Topology
+
+VXLAN_PORT = 4789
+RUN_AS = "d11"
+
+
+def sh(*argv: str, check: bool = True) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise SystemExit(f"container: {' '.join(argv)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def ip_batch(commands: Iterable[str]) -> None:
+    """Run many ``ip`` commands in one process (a phone container adds ~120 addresses)."""
+    script = "\n".join(commands) + "\n"
+    result = subprocess.run(["ip", "-batch", "-"], input=script, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"container: ip -batch failed: {result.stderr.strip()}")
+
+
+def interface_of(address: str) -> str:
+    """The interface holding ``address`` (Docker names them eth0, eth1… in no set order)."""
+    for link in json.loads(sh("ip", "-j", "-4", "addr", "show")):
+        for info in link.get("addr_info", []):
+            if info.get("local") == address:
+                return str(link["ifname"])
+    raise SystemExit(f"container: no interface holds {address}")
+
+
+def vxlan_mac(vni: int, overlay: str) -> str:
+    """A stable, locally administered MAC for a VPC member: 02, the VNI's low byte, and the
+    overlay address. Peers compute each other's without asking."""
+    octets = [0x02, vni & 0xFF, *ipaddress.IPv4Address(overlay).packed]
+    return ":".join(f"{o:02x}" for o in octets)
+
+
+def vxlan_commands(t: Topology, host: Host) -> tuple[list[str], list[str]]:
+    """``ip`` commands and ``bridge`` commands that put ``host`` on its VPC's overlay."""
+    assert host.vpc is not None
+    name, overlay = host.vpc
+    vpc = t.vpcs[name]
+    vni = int(vpc["vni"])
+    prefix = ipaddress.IPv4Network(vpc["subnet"]).prefixlen
+    local = host.addresses["underlay"]
+    dev = f"vxlan{vni}"
+    ip = [
+        f"link add {dev} type vxlan id {vni} local {local} dev {interface_of(local)} "
+        f"dstport {VXLAN_PORT} nolearning",
+        f"link set {dev} address {vxlan_mac(vni, overlay)}",
+        f"addr add {overlay}/{prefix} dev {dev}",
+        f"link set {dev} up",
+    ]
+    bridge = []
+    for peer in t.hosts:
+        if peer is host or peer.vpc is None or peer.vpc[0] != name:
+            continue
+        mac, underlay = vxlan_mac(vni, peer.vpc[1]), peer.addresses["underlay"]
+        bridge.append(f"fdb append 00:00:00:00:00:00 dev {dev} dst {underlay}")
+        bridge.append(f"fdb add {mac} dev {dev} dst {underlay} self permanent")
+        ip.append(f"neigh add {peer.vpc[1]} lladdr {mac} dev {dev} nud permanent")
+    return ip, bridge
+
+
+def nat_route(t: Topology, addresses: dict[str, str]) -> list[str]:
+    """A route to the internet network through the NAT, for hosts on the underlay alone."""
+    if "internet" in addresses or "underlay" not in addresses:
+        return []
+    nats = t.by_role("nat")
+    if not nats:
+        return []
+    internet = t.networks["internet"]["subnet"]
+    return [f"route add {internet} via {nats[0].addresses['underlay']}"]
+
+
+def phone_commands(t: Topology) -> list[str]:
+    phone = t.docker["phone"]
+    dev = interface_of(phone["internet"])
+    prefix = ipaddress.IPv4Network(t.networks["internet"]["subnet"]).prefixlen
+    out = []
+    for block in phone["places"].values():
+        for address in list(ipaddress.IPv4Network(block).hosts()):
+            out.append(f"addr add {address}/{prefix} dev {dev}")
+    return out
+
+
+def set_up(t: Topology, name: str) -> None:
+    if name == "phone":
+        ip_batch(phone_commands(t))
+        return
+    host = t.host(name)
+    commands = nat_route(t, host.addresses)
+    bridge: list[str] = []
+    if host.vpc is not None:
+        vx_ip, bridge = vxlan_commands(t, host)
+        commands = vx_ip + commands
+    if commands:
+        ip_batch(commands)
+    for line in bridge:
+        sh("bridge", *line.split())
+
+
+def drop_privileges() -> None:
+    if os.getuid() != 0:
+        return
+    user = pwd.getpwnam(RUN_AS)
+    os.setgroups([])
+    os.setgid(user.pw_gid)
+    os.setuid(user.pw_uid)  # from root without keep-caps: every capability goes too
+    os.environ["HOME"] = user.pw_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    name = os.environ.get("D11_SERVICE", "")
+    t = topo.load(mode="docker")
+    privileged = os.getuid() == 0
+    if privileged:
+        set_up(t, name)
+    if name == "phone":
+        command = argv or ["sleep", "infinity"]
+    else:
+        host = t.host(name)
+        command = argv or [sys.executable, "-m", host.module]
+    if name == "phone" or t.host(name).role != "nat":
+        drop_privileges()
+    sys.stdout.flush()
+    os.execvp(command[0], command)
+
+
+if __name__ == "__main__":
+    main()

@@ -30,6 +30,7 @@ DOCKER_DIR = ROOT / "docker"
 ZONES = ROOT / "dns" / "zones"
 POLICIES = ROOT / "dns" / "gslb"
 IMAGE = "double-11:latest"
+BASE = "python:3.11-slim"  # what real users build on; D11_BASE_IMAGE picks another
 PKI_DIR = "/var/lib/d11/pki"
 # Only these reach the host: the public entry (through the NAT) and the trace viewer.
 PUBLISHED = {"nat": "127.0.0.1:${D11_HTTPS_PORT:-8443}:443",
@@ -172,7 +173,10 @@ def render(t: Topology) -> str:
     services["phone"] = phone(t)
     doc = {
         "x-service": {
-            "build": {"context": ".", "args": {"BASE_IMAGE": "${D11_BASE_IMAGE:-python:3.11-slim}"}},
+            "build": {
+                "context": ".",
+                "args": {"BASE_IMAGE": "${D11_BASE_IMAGE:-python:3.11-slim}"},
+            },
             "image": IMAGE,  # D11_MODE=docker, the run and PKI directories: the image's ENV
             "init": True,
         },

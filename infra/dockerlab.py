@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 
 from infra import ROOT
+from infra.compose import BASE as OFFICIAL_BASE
 
 PROJECT = "double11"
-OFFICIAL_BASE = "python:3.11-slim"
+
 LOCAL_BASE = "d11-base:bookworm"
 WHEELS = ROOT / "docker" / "wheels"
 DOCKERD_LOG = Path("/var/log/d11-dockerd.log")

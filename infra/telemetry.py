@@ -133,6 +133,11 @@ def server_span(
         yield span
 
 
+# Docker mode: a VPC member's RPC peers are all in its VPC, so its calls cross the VXLAN
+# overlay with this VNI (infra/container.py); compose.yaml sets it.
+_VNI = int(os.environ.get("D11_VNI") or 0)
+
+
 @contextmanager
 def client_span(
     name: str, attributes: Mapping[str, Any] | None = None, tracer: trace.Tracer | None = None
@@ -143,6 +148,8 @@ def client_span(
     if chosen is None:
         yield trace.INVALID_SPAN, {}
         return
+    if _VNI and attributes and "rpc.system" in attributes:
+        attributes = {**attributes, "d11.net.vni": _VNI}
     with chosen.start_as_current_span(
         name, kind=SpanKind.CLIENT, attributes=attributes, record_exception=True
     ) as span:

@@ -41,7 +41,7 @@ from infra.config import LAB_ADMIN_TOKEN, Settings
 from infra.launcher import run_dir
 from infra.pki import pki_dir
 from infra.telemetry import setup_tracing
-from services.phone import PLACES, Journey, Phone
+from services.phone import PLACES, Journey, Phone, order_body
 
 PROTOCOLS = ("grpc", "dubbo", "soap")
 STEPS = ("dns", "tls", "item", "cdn", "order", "read")
@@ -98,7 +98,8 @@ class Run:
             k = n // len(places)
             share = self.args.httpdns_share
             mode = "httpdns" if (k * share) % 1.0 < share else "localdns"
-            out.append(Phone(address, isp, region, mode, resolvers[isp], httpdns, ca))
+            out.append(Phone(address, isp, region, mode, resolvers[isp], httpdns, ca,
+                             coupon=self.args.coupon))  # fmt: skip
         return out
 
     def next_visit(self, phone: Phone) -> tuple[Journey, bool]:
@@ -215,7 +216,7 @@ class Run:
         replays_ok = 0
         sample = acknowledged[: min(20, len(acknowledged))]
         for j in sample:
-            body = {"user_id": f"phone-{j.phone}", "lines": [{"item_id": j.item_id, "quantity": 1}]}
+            body = order_body(f"phone-{j.phone}", j.item_id, self.args.coupon)
             async with session.post(
                 f"{self.controller()}/api/orders", json=body,
                 headers={"Idempotency-Key": j.key, "X-Order-Protocol": j.protocol},
@@ -233,7 +234,10 @@ class Run:
             sold = initial - after
             items[item] = {"stock_before": initial, "stock_after": after, "sold": sold,
                            "confirmed_units": units.get(item, 0)}  # fmt: skip
+        ordering = self.args.scenario != "browse" and any(v > 0 for v in before.values())
         checks = {
+            # A run where nothing got through must not pass for want of anything to check.
+            "orders went through": bool(acknowledged) or not ordering,
             "every acknowledged order present and confirmed": not missing,
             "one order per idempotency key": all(c == 1 for c in by_key.values())
             and all(c == 1 for c in by_order.values()),
@@ -415,6 +419,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", choices=["browse", "flash-sale", "mixed"], default="flash-sale")
     p.add_argument("--hot-item", type=int, default=1)
     p.add_argument("--stock", type=int, default=100, help="the hot item's stock at the start")
+    p.add_argument("--coupon", default="", help="a coupon code every order redeems")
     p.add_argument("--httpdns-share", type=float, default=0.5, help="phones using HTTPDNS")
     p.add_argument("--seed", type=int, default=1111)
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -16,14 +16,14 @@ whose ``traceparent`` the gateway and everything behind it continue.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import os
 import secrets
 import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
-import ipaddress
-import os
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,13 @@ class _Receiver(asyncio.DatagramProtocol):
             self.reply.set_result(data)
 
 
+def order_body(user: str, item_id: int, coupon: str = "") -> dict[str, Any]:
+    body: dict[str, Any] = {"user_id": user, "lines": [{"item_id": item_id, "quantity": 1}]}
+    if coupon:
+        body["coupon_code"] = coupon
+    return body
+
+
 class Phone:
     def __init__(
         self,
@@ -105,8 +112,10 @@ class Phone:
         httpdns: str,
         ca_file: Path,
         timeout: float = 15.0,
+        coupon: str = "",
     ) -> None:
         self.address, self.isp, self.region, self.mode = address, isp, region, mode
+        self.coupon = coupon  # a coupon code every order of this phone redeems
         self.resolver, self.httpdns = resolver, httpdns
         self.user = f"phone-{address}"
         self.dns_cache: dict[str, tuple[list[str], float]] = {}
@@ -258,7 +267,7 @@ class Phone:
             journey.outcome = "browse"
             return
         journey.key = str(uuid.uuid4())
-        body = {"user_id": self.user, "lines": [{"item_id": journey.item_id, "quantity": 1}]}
+        body = order_body(self.user, journey.item_id, self.coupon)
         placed = await self._json(
             "POST", f"{base}/api/orders", journey, "order", body=body,
             headers={"Idempotency-Key": journey.key, "X-Order-Protocol": journey.protocol},

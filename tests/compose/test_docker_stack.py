@@ -1,0 +1,203 @@
+"""The whole chain in containers, as `./d11 docker up` (docker compose up, with a base
+image made here when no registry answers) brings it up, driven and inspected from outside:
+
+* orders from the phone container over each order protocol: DNS → CDN → NAT → gateway →
+  controller → VXLAN → order service → inventory/coupon, audited by ./d11 load;
+* one trace per protocol holding every hop, with the NAT's addresses and the VNI on spans;
+* the NAT's translations in `conntrack -L`; the VPCs' isolation; the overlay on the wire
+  (tshark on the underlay bridge finds VXLAN VNI 100 carrying controller → order RPCs);
+* services running as the unprivileged user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from infra import dockerlab
+from infra import topology as topo
+from tests.conftest import d11
+
+PROJECT = dockerlab.PROJECT
+T = topo.load(mode="docker")
+
+
+def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)}: {result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def container(service: str) -> str:
+    return f"{PROJECT}_{service}_1"
+
+
+def in_container(service: str, *argv: str, user: str = "", timeout: float = 180) -> str:
+    return docker("exec", *(["-u", user] if user else []), container(service), *argv,
+                  timeout=timeout)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[None]:
+    """The stack, up and healthy; torn down (volumes too) after this module."""
+    try:
+        dockerlab.ensure_engine()
+        dockerlab.compose_command()
+    except dockerlab.DockerError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs Docker mode: {exc}")
+        pytest.skip(str(exc))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("D11_", "OTEL_"))}
+    d11("docker", "down", env=env, timeout=120, check=False)
+    try:
+        d11("docker", "up", env=env, timeout=900)
+        yield
+    finally:
+        d11("docker", "down", env=env, timeout=120, check=False)
+
+
+def load(protocol: str, *extra: str) -> dict:
+    out = in_container(
+        "phone", "python", "-m", "infra", "load", "--scenario", "flash-sale", "--json",
+        "--orders", "24", "--concurrency", "24", "--stock", "12", "--protocol", protocol,
+        "--coupon", "D11-10PCT", "--httpdns-share", "1", *extra,
+    )  # fmt: skip
+    return json.loads(out)
+
+
+def collector(path: str) -> dict:
+    return httpx.get(f"http://127.0.0.1:16686{path}", timeout=10, trust_env=False).json()
+
+
+def spans_of(trace_id: str, wanted: set[str]) -> list[dict]:
+    """The trace's spans once a service starting with each wanted prefix has reported
+    (services export in batches)."""
+    deadline = time.monotonic() + 20
+    while True:
+        spans = collector(f"/api/traces/{trace_id}")["spans"]
+        services = {s["service"] for s in spans}
+        if all(any(s.startswith(w) for s in services) for w in wanted):
+            return spans
+        if time.monotonic() > deadline:
+            raise AssertionError(f"trace {trace_id} has only {sorted(services)}")
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "dubbo", "soap"])
+def test_orders_cross_every_hop(lab: None, protocol: str) -> None:
+    report = load(protocol)
+    audit = report["audit"]
+    assert audit["passed"], audit
+    assert report["outcomes"].get("ok") == 12, report["outcomes"]  # 12 in stock, 12 sold out
+    assert report["outcomes"].get("sold-out") == 12, report["outcomes"]
+    trace_id = report["sample_order"]["trace_id"]
+    spans = spans_of(trace_id, {"phone", "httpdns", "cdn-edge-", "gateway", "controller-",
+                                f"order-{protocol}", "inventory", "coupon"})  # fmt: skip
+    by_name = {(s["service"], s["name"]): s for s in spans}
+    # NAT: the gateway saw the phone itself, reached through a public address of the NAT.
+    entry = next(s for s in spans if s["service"] == "gateway" and s["name"].startswith("POST"))
+    attrs = entry["attributes"]
+    public = T.host("nat-east").env["D11_NAT_PUBLIC"].split(",")
+    assert attrs["d11.net.public_address"] in public
+    assert attrs["d11.net.private_address"] == T.host("gateway").address
+    phone_blocks = [b for b in T.docker["phone"]["places"].values()]
+    assert any(attrs["client.address"].startswith(b.rsplit(".", 1)[0]) for b in phone_blocks)
+    # VXLAN: the controller's call to the order service went over the shop's VNI.
+    rpc = [s for (svc, _), s in by_name.items()
+           if svc.startswith("controller-") and s["attributes"].get("rpc.system")]  # fmt: skip
+    assert rpc and all(s["attributes"]["d11.net.vni"] == T.vpcs["shop"]["vni"] for s in rpc)
+    # HTTPDNS did the resolution, walking root → TLD → zones on the phone's behalf.
+    assert any(s["service"] == "httpdns" for s in spans)
+
+
+def test_nat_translations_in_conntrack(lab: None) -> None:
+    load("grpc", "--orders", "4", "--concurrency", "4")
+    table = in_container("nat-east", "conntrack", "-L", "-p", "tcp", user="root")
+    gateway = T.host("gateway").address
+    dnat = [line for line in table.splitlines() if "dport=443" in line and f"src={gateway}" in line]
+    assert dnat, table  # original: phone → public:443; reply: gateway:8443 → phone
+    assert all("sport=8443" in line for line in dnat)
+
+
+def test_services_run_unprivileged(lab: None) -> None:
+    """Containers with NET_ADMIN start as root for the network set-up; the service process
+    (argv[0] python) runs as d11 (uid 1111) in them as in every other."""
+    script = ("for p in /proc/[0-9]*; do "
+              "case \"$(tr '\\0' '\\n' < $p/cmdline 2>/dev/null | head -1)\" in "
+              "*python*) grep ^Uid: $p/status;; esac; done")  # fmt: skip
+    for service in ("gateway", "controller-1", "order-grpc", "dns-root", "cdn-edge-east"):
+        uids = in_container(service, "sh", "-c", script).splitlines()
+        assert uids and all(line.split()[1] == "1111" for line in uids), (service, uids)
+
+
+def probe(service: str, address: str, port: int) -> str:
+    """GET /healthz from inside ``service``; the answering service's name, or ''."""
+    script = ("import json,sys,urllib.request\n"
+              "try:\n"
+              f"  r = urllib.request.urlopen('http://{address}:{port}/healthz', timeout=2)\n"
+              "  print(json.load(r)['service'])\n"
+              "except OSError:\n  print('')\n")  # fmt: skip
+    return in_container(service, "python", "-c", script).strip()
+
+
+def test_vpcs_are_isolated(lab: None) -> None:
+    """Tenant B's inventory has the shop's inventory's overlay address, on VNI 200. Each
+    VPC reaches its own, and tenant B reaches nothing of the shop's, even when its VTEP is
+    told where the shop's hosts are."""
+    inventory = T.host("inventory")
+    metrics = inventory.metrics_port
+    assert T.host("tenant-b-inventory").address == inventory.address
+    assert probe("order-grpc", inventory.address, metrics) == "inventory"
+    assert probe("tenant-b-inventory", inventory.address, metrics) == "tenant-b-inventory"
+    order = T.host("order-grpc")
+    assert probe("controller-1", order.address, order.metrics_port) == "order-grpc"
+    for name in ("order-grpc", "coupon", "controller-1"):
+        peer = T.host(name)
+        underlay = peer.addresses["underlay"]
+        in_container("tenant-b-inventory", "bridge", "fdb", "append", "00:00:00:00:00:00",
+                     "dev", "vxlan200", "dst", underlay, user="root")  # fmt: skip
+    assert probe("tenant-b-inventory", order.address, order.metrics_port) == ""
+    assert probe("tenant-b-inventory", T.host("coupon").address, 9464) == ""
+
+
+def test_overlay_on_the_wire(lab: None, tmp_path) -> None:
+    """tshark on the underlay's bridge: UDP 4789 datagrams with VNI 100 whose inner packets
+    run from a controller's overlay address to an order service's RPC port."""
+    if not shutil.which("tshark"):
+        pytest.fail("tshark is missing: apt-get install tshark")
+    net = json.loads(docker("network", "inspect", f"{PROJECT}_underlay"))[0]
+    bridge = net["Options"].get("com.docker.network.bridge.name") or f"br-{net['Id'][:12]}"
+    pcap = tmp_path / "underlay.pcap"
+    capture = subprocess.Popen(
+        ["tshark", "-q", "-i", bridge, "-f", "udp port 4789", "-a", "duration:25",
+         "-c", "400", "-w", str(pcap)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        time.sleep(2)  # tshark is capturing
+        load("grpc", "--orders", "6", "--concurrency", "6")
+    finally:
+        capture.wait(timeout=40)
+    grpc = T.host("order-grpc")
+    fields = subprocess.run(
+        ["tshark", "-r", str(pcap), "-Y", f"vxlan && tcp.dstport == {grpc.port}",
+         "-T", "fields", "-e", "vxlan.vni", "-e", "ip.src", "-e", "ip.dst"],
+        capture_output=True, text=True, timeout=60,
+    ).stdout.split("\n")  # fmt: skip
+    rows = [line.split("\t") for line in fields if line]
+    assert rows, "no VXLAN datagrams carrying the gRPC port were captured"
+    controllers = {T.host(n).vpc[1] for n in ("controller-1", "controller-2")}  # type: ignore[index]
+    for vni, sources, destinations in rows:
+        assert vni == str(T.vpcs["shop"]["vni"])
+        _, inner_src = sources.split(",")
+        outer_dst, inner_dst = destinations.split(",")
+        assert outer_dst == grpc.addresses["underlay"]  # the VTEPs talk over the underlay
+        assert inner_dst == grpc.address and inner_src in controllers

@@ -333,6 +333,13 @@ def cmd_docker(args: argparse.Namespace, rest: list[str]) -> int:
     return docker_main(rest)
 
 
+PASSTHROUGH = (
+    ("load", "drive a flash sale with simulated phones, then audit it (see --help)", cmd_load),
+    ("compose", "render compose.yaml and docker/ from the topology (--check)", cmd_compose),
+    ("docker", "Docker mode where no registry answers: build, up, down, compose", cmd_docker),
+)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="d11", description="Double-11: one purchase, every protocol.")
     p.add_argument(
@@ -389,22 +396,9 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--json", action="store_true", help="one interval, as JSON, then exit")
     top.set_defaults(func=cmd_top)
 
-    load = sub.add_parser(
-        "load", help="drive a flash sale with simulated phones, then audit it (see --help)",
-        add_help=False,
-    )  # fmt: skip
-    load.set_defaults(func=cmd_load)
-
-    compose = sub.add_parser(
-        "compose", help="render compose.yaml and docker/ from the topology (--check)",
-        add_help=False,
-    )  # fmt: skip
-    compose.set_defaults(func=cmd_compose)
-    docker = sub.add_parser(
-        "docker", help="Docker mode on a machine without a registry: build, up, down",
-        add_help=False,
-    )  # fmt: skip
-    docker.set_defaults(func=cmd_docker)
+    # Commands whose arguments (and --help) belong to the module they hand over to.
+    for name, helptext, func in PASSTHROUGH:
+        sub.add_parser(name, help=helptext, add_help=False).set_defaults(func=func)
     return p
 
 
@@ -412,9 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     p = parser()
     # Everything after `test` belongs to pytest, after `load` to the load script, etc.
-    passthrough = (("test", cmd_test), ("load", cmd_load), ("compose", cmd_compose),
-                   ("docker", cmd_docker))  # fmt: skip
-    for command, run in passthrough:
+    for command, run in [("test", cmd_test), *((n, f) for n, _, f in PASSTHROUGH)]:
         if command in argv:
             i = argv.index(command)
             args = p.parse_args(argv[: i + 1])

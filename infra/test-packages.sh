@@ -4,9 +4,11 @@
 #   a browser for the trace viewer; DNS tools (dig, named-checkzone; BIND and dnsperf);
 #   Caucho's Hessian (the Java oracle for our Hessian 2 codec) and a JDK to run it;
 #   PostgreSQL (the DATABASE_URL option); nginx (`nginx -t` and side-by-side comparisons
-#   for the gateway) and wrk (its benchmark).
+#   for the gateway) and wrk (its benchmark); Docker mode's engine, Compose v1, debootstrap
+#   (a base image without a registry), tshark (the overlay on the wire) and conntrack.
 set -euo pipefail
-packages=(chromium dnsutils bind9-utils bind9 dnsperf libhessian-java postgresql nginx wrk)
+packages=(chromium dnsutils bind9-utils bind9 dnsperf libhessian-java postgresql nginx wrk
+          docker.io docker-compose debootstrap tshark conntrack iptables)
 command -v javac >/dev/null 2>&1 || packages+=(default-jdk-headless)
 missing=()
 for pkg in "${packages[@]}"; do

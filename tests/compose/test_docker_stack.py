@@ -78,13 +78,19 @@ def collector(path: str) -> dict:
 
 
 def spans_of(trace_id: str, wanted: set[str]) -> list[dict]:
-    """The trace's spans once a service starting with each wanted prefix has reported
-    (services export in batches)."""
+    """The trace's spans once each wanted one has reported (services export in batches):
+    "service-prefix" or "service-prefix:span-name-prefix"."""
     deadline = time.monotonic() + 20
+
+    def present(want: str, spans: list[dict]) -> bool:
+        service, _, name = want.partition(":")
+        return any(s["service"].startswith(service) and s["name"].startswith(name)
+                   for s in spans)  # fmt: skip
+
     while True:
         spans = collector(f"/api/traces/{trace_id}")["spans"]
         services = {s["service"] for s in spans}
-        if all(any(s.startswith(w) for s in services) for w in wanted):
+        if all(present(w, spans) for w in wanted):
             return spans
         if time.monotonic() > deadline:
             raise AssertionError(f"trace {trace_id} has only {sorted(services)}")
@@ -99,7 +105,7 @@ def test_orders_cross_every_hop(lab: None, protocol: str) -> None:
     assert report["outcomes"].get("ok") == 12, report["outcomes"]  # 12 in stock, 12 sold out
     assert report["outcomes"].get("sold-out") == 12, report["outcomes"]
     trace_id = report["sample_order"]["trace_id"]
-    spans = spans_of(trace_id, {"phone", "httpdns", "cdn-edge-", "gateway", "controller-",
+    spans = spans_of(trace_id, {"phone", "httpdns", "cdn-edge-", "gateway:POST", "controller-",
                                 f"order-{protocol}", "inventory", "coupon"})  # fmt: skip
     by_name = {(s["service"], s["name"]): s for s in spans}
     # NAT: the gateway saw the phone itself, reached through a public address of the NAT.
@@ -125,6 +131,26 @@ def test_nat_translations_in_conntrack(lab: None) -> None:
     dnat = [line for line in table.splitlines() if "dport=443" in line and f"src={gateway}" in line]
     assert dnat, table  # original: phone → public:443; reply: gateway:8443 → phone
     assert all("sport=8443" in line for line in dnat)
+
+
+def test_vpc_hosts_go_out_through_the_nat(lab: None) -> None:
+    """A VPC host calling out to the internet leaves with the NAT's public address
+    (MASQUERADE): the CDN edge it asks sees the NAT, and conntrack shows the rewrite."""
+    edge = T.host("cdn-edge-east")
+    assert probe("controller-1", edge.address, edge.port) == "cdn-edge-east"
+    table = in_container("nat-east", "conntrack", "-L", "-p", "tcp", "--orig-src",
+                         T.host("controller-1").addresses["underlay"], "--orig-dst",
+                         edge.address, user="root")  # fmt: skip
+    public = T.host("nat-east").address
+    assert f"dst={public}" in table, table  # the reply direction goes to the NAT's address
+
+
+def test_phone_resolves_through_our_isp_resolver(lab: None) -> None:
+    """The phone container's own resolver (compose `dns:`) is the ISP's LocalDNS: the
+    system resolver gets the api GSLB's answer, a NAT public address."""
+    script = "import socket; print(socket.gethostbyname('api.shop.example'))"
+    answer = in_container("phone", "python", "-c", script).strip()
+    assert answer in T.host("nat-east").env["D11_NAT_PUBLIC"].split(","), answer
 
 
 def test_services_run_unprivileged(lab: None) -> None:

@@ -130,8 +130,12 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def _print_status(rows: list[dict[str, Any]]) -> None:
     table = Table(title="Double-11 hosts", title_justify="left")
-    for column in ("name", "role", "address", "protocol", "pid", "health", "RSS MiB"):
-        table.add_column(column, justify="right" if column in ("pid", "RSS MiB") else "left")
+    table.caption = ("PSS divides pages shared between processes (the interpreter, libraries)"
+                     " among them: its total is the stack's real footprint; RSS counts them"
+                     " in each")  # fmt: skip
+    numeric = ("pid", "RSS MiB", "PSS MiB")
+    for column in ("name", "role", "address", "protocol", "pid", "health", *numeric[1:]):
+        table.add_column(column, justify="right" if column in numeric else "left")
     for r in rows:
         health = "[green]healthy[/]" if r["healthy"] else "[red]down[/]"
         table.add_row(
@@ -142,9 +146,11 @@ def _print_status(rows: list[dict[str, Any]]) -> None:
             str(r["pid"] or "-"),
             health,
             f"{r['rss_bytes'] / 2**20:.1f}",
+            f"{r['pss_bytes'] / 2**20:.1f}",
         )
     # Hosts sharing a process report that process's memory: count each process once.
-    total = sum({r["pid"]: r["rss_bytes"] for r in rows if r["pid"]}.values())
+    rss = sum({r["pid"]: r["rss_bytes"] for r in rows if r["pid"]}.values())
+    pss = sum({r["pid"]: r["pss_bytes"] for r in rows if r["pid"]}.values())
     table.add_section()
     table.add_row(
         "total",
@@ -153,7 +159,8 @@ def _print_status(rows: list[dict[str, Any]]) -> None:
         "",
         "",
         f"{sum(r['healthy'] for r in rows)}/{len(rows)}",
-        f"{total / 2**20:.1f}",
+        f"{rss / 2**20:.1f}",
+        f"{pss / 2**20:.1f}",
     )
     console.print(table)
 

@@ -21,7 +21,7 @@ from infra.procs import (
     PidDir,
     PidRecord,
     die_with_parent,
-    group_rss_bytes,
+    group_memory,
     proc_start_time,
     terminate_group,
 )
@@ -245,6 +245,7 @@ class Launcher:
         rows = []
         for host in self.topology.hosts:
             record = running.get(host.name)
+            rss, pss = group_memory(record.pid) if record else (0, 0)
             rows.append(
                 {
                     "name": host.name,
@@ -256,7 +257,8 @@ class Launcher:
                     "module": host.module,
                     "pid": record.pid if record else None,
                     "healthy": health[host.name],
-                    "rss_bytes": group_rss_bytes(record.pid) if record else 0,
+                    "rss_bytes": rss,
+                    "pss_bytes": pss,
                 }
             )
         return rows

@@ -48,18 +48,23 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def group_rss_bytes(pgid: int) -> int:
-    """Resident memory of every process in the group (a service with workers is one row)."""
-    total = 0
+def group_memory(pgid: int) -> tuple[int, int]:
+    """Resident memory of every process in the group (a service with workers is one row),
+    as (RSS, PSS) bytes. RSS counts a page shared by several processes (the interpreter,
+    libraries, a forked worker's inherited heap) in each of them; PSS divides it among
+    them, so PSS summed over the stack is what the stack really holds in memory."""
+    rss = pss = 0
     for pid in group_members(pgid):
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-                    break
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
         except OSError:
             continue
-    return total
+        for line in text.splitlines():
+            if line.startswith("Rss:"):
+                rss += int(line.split()[1]) * 1024
+            elif line.startswith("Pss:"):
+                pss += int(line.split()[1]) * 1024
+    return rss, pss
 
 
 class PidDir:

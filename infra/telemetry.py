@@ -70,10 +70,11 @@ def setup_tracing(settings: Settings, *, install: bool = True) -> TracerProvider
     provider = TracerProvider(resource=resource)
     exporters = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower()
     if "otlp" in exporters:
-        # Imported here: it pulls in ``requests``, which a service with export off never needs.
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        # OTLP/HTTP as the SDK's exporter sends it, without the `requests` stack it loads
+        # into every process (infra/otlp.py).
+        from infra.otlp import SpanExporterHTTP
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        provider.add_span_processor(BatchSpanProcessor(SpanExporterHTTP()))
     if install:
         trace.set_tracer_provider(provider)
         global _tracer

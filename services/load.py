@@ -277,8 +277,9 @@ class Run:
                 placement[f"{j.isp}/{j.region}/{j.mode}"][
                     f"edge {j.edge}, api {j.api_address}"
                 ] += 1
-        slowest = max(ok, key=lambda j: j.steps.get("order", 0), default=None)
-        sample = ok[len(ok) // 2] if ok else None
+        traced = [j for j in ok if j.sampled]  # a trace id worth printing is one recorded
+        slowest = max(traced, key=lambda j: j.steps.get("order", 0), default=None)
+        sample = traced[len(traced) // 2] if traced else None
         slow = sample_ref = None
         if slowest is not None:
             slow = {"trace_id": slowest.trace_id, "order_id": slowest.order_id,
@@ -287,6 +288,7 @@ class Run:
             sample_ref = {"trace_id": sample.trace_id, "order_id": sample.order_id}
         return {
             "scenario": self.args.scenario,
+            "trace_ratio": self.args.trace_ratio,
             "visits": len(js),
             "orders_ok": len(ok),
             "seconds": round(elapsed, 2),
@@ -374,6 +376,11 @@ async def main_async(args: argparse.Namespace) -> int:
     if collector and not os.environ.get("OTEL_SDK_DISABLED"):
         os.environ.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://{collector[0].endpoint}")
         os.environ.setdefault("OTEL_SERVICE_NAME", "phone")
+        if args.trace_ratio < 1:
+            # Head sampling at the phone, where traces start; every service behind follows
+            # the phone's decision (the SDK's default sampler is parent-based).
+            os.environ["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+            os.environ["OTEL_TRACES_SAMPLER_ARG"] = str(args.trace_ratio)
     provider = setup_tracing(Settings(name="phone", role="client", address="127.100.0.1", port=0))
     run = Run(args, topology)
     console = Console(stderr=True)
@@ -419,6 +426,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", choices=["browse", "flash-sale", "mixed"], default="flash-sale")
     p.add_argument("--hot-item", type=int, default=1)
     p.add_argument("--stock", type=int, default=100, help="the hot item's stock at the start")
+    p.add_argument(
+        "--trace-ratio",
+        type=float,
+        default=1.0,
+        help="share of visits traced (head sampling at the phone; default all)",
+    )
     p.add_argument("--coupon", default="", help="a coupon code every order redeems")
     p.add_argument("--httpdns-share", type=float, default=0.5, help="phones using HTTPDNS")
     p.add_argument("--seed", type=int, default=1111)
@@ -430,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.orders < 1 or args.concurrency < 1 or args.duration <= 0:
         raise SystemExit("--orders, --concurrency and --duration must be positive")
+    if not 0 <= args.trace_ratio <= 1:
+        raise SystemExit("--trace-ratio is a share between 0 and 1")
     if args.concurrency > 1000:
         raise SystemExit("--concurrency is at most 1000 (phone addresses per subnet)")
     try:

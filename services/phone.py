@@ -82,6 +82,7 @@ class Journey:
     key: str = ""
     quantity: int = 1
     trace_id: str = ""
+    sampled: bool = False  # whether the trace is recorded (the load's --trace-ratio)
     total: float = 0.0
 
 
@@ -240,6 +241,7 @@ class Phone:
                         "d11.order.protocol": journey.protocol, "d11.item.id": journey.item_id},
         ) as root:  # fmt: skip
             journey.trace_id = format_trace_id(root)
+            journey.sampled = root.get_span_context().trace_flags.sampled
             try:
                 await self._journey(journey, order, image_index)
             except StepError as exc:

@@ -61,6 +61,7 @@ def test_status_json_lists_every_service_healthy(stack: Stack):
         assert {"name", "role", "address", "port", "protocol", "pid", "healthy"} <= set(row)
         assert row["healthy"] is True and row["pid"] > 0, row
         assert row["rss_bytes"] > 0
+        assert 0 < row["pss_bytes"] <= row["rss_bytes"]
 
 
 @pytest.mark.parametrize(

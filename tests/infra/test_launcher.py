@@ -121,7 +121,7 @@ def test_down_stops_every_process(solo):
     assert "probe-controller" in d11("down", env=env).stdout
     assert not any(_alive(p) for p in pids)
     rows = json.loads(d11("status", "--json", env=env, check=False).stdout)
-    assert rows == [{**rows[0], "pid": None, "healthy": False, "rss_bytes": 0}]
+    assert rows == [{**rows[0], "pid": None, "healthy": False, "rss_bytes": 0, "pss_bytes": 0}]
 
 
 @contextlib.contextmanager

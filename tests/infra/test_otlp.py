@@ -1,0 +1,131 @@
+"""The lean OTLP/HTTP span exporter (infra/otlp.py) against a recording HTTP server: the
+body must parse as OpenTelemetry's own ExportTraceServiceRequest (the generated protobuf
+classes of opentelemetry-proto), and the standard OTEL_EXPORTER_OTLP_* variables apply."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+
+from infra.otlp import SpanExporterHTTP, endpoint
+
+
+class Recorder(ThreadingHTTPServer):
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.statuses: list[int] = []  # answers to give, in order (then 200)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Recorder
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.requests.append((self.path, dict(self.headers), body))
+        status = self.server.statuses.pop(0) if self.server.statuses else 200
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    server = Recorder()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def spans(exporter: SpanExporterHTTP, *names: str) -> None:
+    provider = TracerProvider(resource=Resource.create({"service.name": "otlp-test"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    for name in names:
+        with tracer.start_as_current_span(name, attributes={"d11.n": len(name)}):
+            pass
+    provider.shutdown()
+
+
+def decoded(body: bytes) -> ExportTraceServiceRequest:
+    message = ExportTraceServiceRequest()
+    message.ParseFromString(body)
+    return message
+
+
+def test_batches_parse_as_the_official_message(recorder: Recorder) -> None:
+    base = f"http://127.0.0.1:{recorder.server_port}"
+    headers = "x-tenant=shop,x-k=a%20b"
+    exporter = SpanExporterHTTP(
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": base, "OTEL_EXPORTER_OTLP_HEADERS": headers}
+    )
+    spans(exporter, "first", "second")
+    assert len(recorder.requests) == 2  # SimpleSpanProcessor: one export per span
+    path, sent, _ = recorder.requests[0]
+    assert path == "/v1/traces"
+    assert sent["Content-Type"] == "application/x-protobuf"
+    assert sent["x-tenant"] == "shop" and sent["x-k"] == "a b"
+    names = []
+    for _, _, raw in recorder.requests:
+        message = decoded(raw)
+        rs = message.resource_spans[0]
+        service = {a.key: a.value.string_value for a in rs.resource.attributes}["service.name"]
+        assert service == "otlp-test"
+        names += [s.name for s in rs.scope_spans[0].spans]
+    assert names == ["first", "second"]
+
+
+def test_traces_endpoint_and_gzip(recorder: Recorder) -> None:
+    url = f"http://127.0.0.1:{recorder.server_port}/custom/traces"
+    exporter = SpanExporterHTTP({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": url,
+                                 "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip"})  # fmt: skip
+    spans(exporter, "zipped")
+    path, headers, body = recorder.requests[0]
+    assert path == "/custom/traces" and headers["Content-Encoding"] == "gzip"
+    assert decoded(gzip.decompress(body)).resource_spans[0].scope_spans[0].spans[0].name == "zipped"
+
+
+def test_retries_once_on_503_then_gives_up_on_errors(recorder: Recorder) -> None:
+    base = f"http://127.0.0.1:{recorder.server_port}"
+    exporter = SpanExporterHTTP({"OTEL_EXPORTER_OTLP_ENDPOINT": base})
+    recorder.statuses = [503]
+    spans(exporter, "retried")
+    assert len(recorder.requests) == 2  # the 503, then the retry that was accepted
+    recorder.statuses = [400]
+    exporter = SpanExporterHTTP({"OTEL_EXPORTER_OTLP_ENDPOINT": base})  # the first is shut down
+    provider = TracerProvider()
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("refused") as span:
+        pass
+    assert exporter.export([span]) is SpanExportResult.FAILURE  # type: ignore[list-item]
+    assert len(recorder.requests) == 3  # a 400 is not retried
+
+
+def test_unreachable_collector_fails_softly() -> None:
+    exporter = SpanExporterHTTP({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+                                 "OTEL_EXPORTER_OTLP_TIMEOUT": "500"})  # fmt: skip
+    provider = TracerProvider()
+    with provider.get_tracer("t").start_as_current_span("lost") as span:
+        pass
+    assert exporter.export([span]) is SpanExportResult.FAILURE  # type: ignore[list-item]
+
+
+def test_endpoint_resolution() -> None:
+    assert endpoint({}) == "http://localhost:4318/v1/traces"
+    assert endpoint({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"}) == "http://c:4318/v1/traces"
+    with pytest.raises(ValueError):
+        SpanExporterHTTP({"OTEL_EXPORTER_OTLP_ENDPOINT": "grpc://c:4317"})

@@ -87,11 +87,23 @@ async def probe_dns(host: Host, timeout: float) -> bool:
         sock.close()
 
 
+async def probe_nat(host: Host, timeout: float) -> bool:
+    """A NAT gateway is alive while its public entry takes connections (DNATed behind it)."""
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(host.address, host.port)
+        writer.close()
+        return True
+    except (OSError, TimeoutError):
+        return False
+
+
 PROBES: dict[str, Probe] = {
     "http": probe_http,
     "grpc": probe_grpc,
     "dubbo": probe_dubbo,
     "dns": probe_dns,
+    "nat": probe_nat,
 }
 
 

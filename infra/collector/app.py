@@ -35,7 +35,7 @@ def _json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def routes(storage: ThreadOwned[SpanStore]) -> web.RouteTableDef:
+def routes(storage: ThreadOwned[SpanStore], name: str = "collector") -> web.RouteTableDef:
     api = web.RouteTableDef()
 
     @api.post("/v1/traces")
@@ -103,13 +103,22 @@ def routes(storage: ThreadOwned[SpanStore]) -> web.RouteTableDef:
             topo = load_topology()
         except TopologyError as exc:
             return _json_error(500, str(exc))
-        health = await probe_all(list(topo.hosts), timeout=0.5)
+        # In Docker mode a VPC's hosts answer only inside it: the collector sees its own
+        # VPC's (it joins the shop's), and another tenant's is isolated (health null).
+        own_vpc = next((h.vpc[0] for h in topo.hosts if h.name == name and h.vpc),
+                       None)  # fmt: skip
+        visible = [h for h in topo.hosts if h.vpc is None or h.vpc[0] == own_vpc]
+        health = await probe_all(visible, timeout=0.5)
         hosts = [
             {"name": h.name, "role": h.role, "address": h.address, "port": h.port,
-             "protocol": h.protocol, "networks": list(h.networks), "healthy": health[h.name]}
+             "protocol": h.protocol, "networks": list(h.networks), "addresses": h.addresses,
+             "vpc": h.vpc[0] if h.vpc else None,
+             "vni": topo.vpcs[h.vpc[0]]["vni"] if h.vpc else None,
+             "healthy": health.get(h.name)}
             for h in topo.hosts
         ]  # fmt: skip
-        return web.json_response({"networks": topo.networks, "hosts": hosts})
+        return web.json_response({"mode": topo.mode, "networks": topo.networks,
+                                  "vpcs": topo.vpcs, "hosts": hosts})  # fmt: skip
 
     return api
 
@@ -119,7 +128,7 @@ async def build(ctx: Context) -> Sequence[Component]:
     path = s.data_dir / "spans.sqlite3"
     storage = ThreadOwned(lambda: SpanStore(path), "spanstore")
     app = make_app(ctx, client_max_size=MAX_BODY)
-    app.add_routes(routes(storage))
+    app.add_routes(routes(storage, s.name))
     return [storage, HttpServer(app, s.address, s.port)]
 
 

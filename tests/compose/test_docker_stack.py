@@ -153,12 +153,28 @@ def test_phone_resolves_through_our_isp_resolver(lab: None) -> None:
     assert answer in T.host("nat-east").env["D11_NAT_PUBLIC"].split(","), answer
 
 
+def test_topology_page_sees_the_stack(lab: None) -> None:
+    """The viewer's topology API, from the collector inside the stack: every host healthy,
+    the VPCs with their VNIs, and tenant B's host isolated from the shop's monitoring."""
+    data = collector("/api/topology")
+    assert data["mode"] == "docker"
+    assert {v["vni"] for v in data["vpcs"].values()} == {100, 200}
+    health = {h["name"]: h["healthy"] for h in data["hosts"]}
+    assert health.pop("tenant-b-inventory") is None
+    assert all(health.values()), [n for n, ok in health.items() if not ok]
+    vnis = {h["name"]: h["vni"] for h in data["hosts"]}
+    assert vnis["order-grpc"] == 100 and vnis["tenant-b-inventory"] == 200
+    assert vnis["gateway"] is None and "nat-east" in health
+
+
 def test_services_run_unprivileged(lab: None) -> None:
     """Containers with NET_ADMIN start as root for the network set-up; the service process
-    (argv[0] python) runs as d11 (uid 1111) in them as in every other."""
+    runs as d11 (uid 1111) in them as in every other."""
+    # The service is `/opt/venv/bin/python -m MODULE`; docker-init (pid 1) and the health
+    # checks (`python -S infra/healthcheck.py`, run as the container's user) are not.
     script = ("for p in /proc/[0-9]*; do "
-              "case \"$(tr '\\0' '\\n' < $p/cmdline 2>/dev/null | head -1)\" in "
-              "*python*) grep ^Uid: $p/status;; esac; done")  # fmt: skip
+              "case \"$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)\" in "
+              "/*/bin/python\\ -m\\ *) grep ^Uid: $p/status;; esac; done")  # fmt: skip
     for service in ("gateway", "controller-1", "order-grpc", "dns-root", "cdn-edge-east"):
         uids = in_container(service, "sh", "-c", script).splitlines()
         assert uids and all(line.split()[1] == "1111" for line in uids), (service, uids)

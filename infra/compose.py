@@ -141,6 +141,8 @@ def phone(t: Topology) -> dict[str, Any]:
         # infra load ...`. It idles until then.
         "environment": {
             "D11_SERVICE": "phone",
+            # A flash sale in the phone's log once everything is healthy ("off": none).
+            "D11_PHONE_DEMO": "${D11_PHONE_DEMO:-flash-sale}",
             "D11_API_PORT": "443",
             "D11_PHONE_PLACES": ",".join(f"{k}={v}" for k, v in spec["places"].items()),
             "OTEL_EXPORTER_OTLP_ENDPOINT": collector_for(t, list(addresses)),

@@ -155,8 +155,22 @@ def main(argv: list[str] | None = None) -> None:
         command = argv or [sys.executable, "-m", host.module]
     if name == "phone" or t.host(name).role != "nat":
         drop_privileges()
+    if name == "phone" and not argv:
+        phone_demo(os.environ.get("D11_PHONE_DEMO", "off"))
     sys.stdout.flush()
     os.execvp(command[0], command)
+
+
+def phone_demo(scenario: str) -> None:
+    """What `docker compose up` shows in the phone's log once the stack is healthy: one
+    bounded run of ./d11 load (D11_PHONE_DEMO names the scenario; "off" skips it). The
+    container stays up afterwards for `docker compose exec phone python -m infra load`."""
+    if scenario in ("", "off"):
+        return
+    print(f"phone: a {scenario} run of ./d11 load (D11_PHONE_DEMO=off skips it)", flush=True)
+    bounds = ["--orders", "300", "--concurrency", "32", "--duration", "120"]
+    subprocess.run([sys.executable, "-m", "infra", "load", "--scenario", scenario, *bounds],
+                   check=False)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -357,14 +357,18 @@ def print_report(r: dict, console: Console) -> None:
     for item, v in audit["items"].items():
         console.print(f"  item {item}: stock {v['stock_before']} → {v['stock_after']}, "
                       f"sold {v['sold']}, confirmed units {v['confirmed_units']}")  # fmt: skip
+    # In a container the viewer is the host's published one (compose.yaml), not ./d11's.
+    docker = os.environ.get("D11_MODE") == "docker"
+
+    def see(trace_id: str) -> str:
+        return f"http://localhost:16686/traces/{trace_id}" if docker else f"./d11 trace {trace_id}"
+
     if r["slowest_order"]:
         s = r["slowest_order"]
-        console.print(
-            f"slowest order {s['order_id']} ({s['order_ms']} ms): ./d11 trace {s['trace_id']}"
-        )
+        console.print(f"slowest order {s['order_id']} ({s['order_ms']} ms): {see(s['trace_id'])}")
     if r["sample_order"]:
         sample = r["sample_order"]
-        console.print(f"sample order {sample['order_id']}: ./d11 trace {sample['trace_id']}")
+        console.print(f"sample order {sample['order_id']}: {see(sample['trace_id'])}")
 
 
 async def main_async(args: argparse.Namespace) -> int:

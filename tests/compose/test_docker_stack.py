@@ -56,6 +56,7 @@ def lab() -> Iterator[None]:
             pytest.fail(f"CI needs Docker mode: {exc}")
         pytest.skip(str(exc))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("D11_", "OTEL_"))}
+    env["D11_PHONE_DEMO"] = "off"  # the tests drive the phone themselves
     d11("docker", "down", env=env, timeout=120, check=False)
     try:
         d11("docker", "up", env=env, timeout=900)

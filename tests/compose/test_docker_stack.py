@@ -213,34 +213,42 @@ def test_vpcs_are_isolated(lab: None) -> None:
 
 def test_overlay_on_the_wire(lab: None, tmp_path) -> None:
     """tshark on the underlay's bridge: UDP 4789 datagrams with VNI 100 whose inner packets
-    run from a controller's overlay address to an order service's RPC port."""
+    run from a controller's overlay address to each order service's RPC port, and the
+    Dubbo ones carry Dubbo frames (magic 0xdabb) inside."""
     if not shutil.which("tshark"):
         pytest.fail("tshark is missing: apt-get install tshark")
     net = json.loads(docker("network", "inspect", f"{PROJECT}_underlay"))[0]
     bridge = net["Options"].get("com.docker.network.bridge.name") or f"br-{net['Id'][:12]}"
     pcap = tmp_path / "underlay.pcap"
     capture = subprocess.Popen(
-        ["tshark", "-q", "-i", bridge, "-f", "udp port 4789", "-a", "duration:25",
-         "-c", "400", "-w", str(pcap)],
+        ["tshark", "-q", "-i", bridge, "-f", "udp port 4789", "-a", "duration:60",
+         "-a", "filesize:50000", "-w", str(pcap)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
         time.sleep(2)  # tshark is capturing
-        load("grpc", "--orders", "6", "--concurrency", "6")
+        for protocol in ("grpc", "dubbo", "soap"):
+            load(protocol, "--orders", "4", "--concurrency", "4")
     finally:
-        capture.wait(timeout=40)
-    grpc = T.host("order-grpc")
-    fields = subprocess.run(
-        ["tshark", "-r", str(pcap), "-Y", f"vxlan && tcp.dstport == {grpc.port}",
-         "-T", "fields", "-e", "vxlan.vni", "-e", "ip.src", "-e", "ip.dst"],
-        capture_output=True, text=True, timeout=60,
-    ).stdout.split("\n")  # fmt: skip
-    rows = [line.split("\t") for line in fields if line]
-    assert rows, "no VXLAN datagrams carrying the gRPC port were captured"
+        capture.terminate()  # tshark writes what it has on SIGTERM
+        capture.wait(timeout=30)
     controllers = {T.host(n).vpc[1] for n in ("controller-1", "controller-2")}  # type: ignore[index]
-    for vni, sources, destinations in rows:
-        assert vni == str(T.vpcs["shop"]["vni"])
-        _, inner_src = sources.split(",")
-        outer_dst, inner_dst = destinations.split(",")
-        assert outer_dst == grpc.addresses["underlay"]  # the VTEPs talk over the underlay
-        assert inner_dst == grpc.address and inner_src in controllers
+    for name in ("order-grpc", "order-dubbo", "order-soap"):
+        service = T.host(name)
+        fields = subprocess.run(
+            ["tshark", "-r", str(pcap), "-Y", f"vxlan && tcp.dstport == {service.port}",
+             "-T", "fields", "-e", "vxlan.vni", "-e", "ip.src", "-e", "ip.dst",
+             "-e", "tcp.payload"],
+            capture_output=True, text=True, timeout=60,
+        ).stdout.split("\n")  # fmt: skip
+        rows = [line.split("\t") for line in fields if line]
+        assert rows, f"no VXLAN datagrams carrying {name}'s port were captured"
+        for vni, _, destinations, _ in rows:
+            assert vni == str(T.vpcs["shop"]["vni"])
+            outer_dst, inner_dst = destinations.split(",")
+            assert outer_dst == service.addresses["underlay"]  # VTEP to VTEP on the underlay
+            assert inner_dst == service.address
+        from_controllers = [r for r in rows if r[1].split(",")[1] in controllers]
+        assert from_controllers, f"no controller → {name} packets on the overlay"
+        if name == "order-dubbo":
+            assert any(r[3].replace(":", "").startswith("dabb") for r in from_controllers)

@@ -35,27 +35,28 @@ VXLAN_PORT = 4789
 RUN_AS = "d11"
 
 
-def sh(*argv: str, check: bool = True) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True)
-    if check and result.returncode != 0:
+def sh(*argv: str, stdin: str | None = None) -> str:
+    result = subprocess.run(argv, input=stdin, capture_output=True, text=True)
+    if result.returncode != 0:
         raise SystemExit(f"container: {' '.join(argv)} failed: {result.stderr.strip()}")
     return result.stdout
 
 
-def ip_batch(commands: Iterable[str]) -> None:
-    """Run many ``ip`` commands in one process (a phone container adds ~120 addresses)."""
-    script = "\n".join(commands) + "\n"
-    result = subprocess.run(["ip", "-batch", "-"], input=script, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"container: ip -batch failed: {result.stderr.strip()}")
+def batch(tool: str, commands: Iterable[str]) -> None:
+    """Run many ``ip`` or ``bridge`` commands in one process (``-batch``): a phone container
+    adds ~120 addresses, a VPC member two FDB entries per peer."""
+    script = "".join(f"{c}\n" for c in commands)
+    if script:
+        sh(tool, "-batch", "-", stdin=script)
 
 
-def interface_of(address: str) -> str:
-    """The interface holding ``address`` (Docker names them eth0, eth1… in no set order)."""
+def interface_of(address: str) -> tuple[str, int]:
+    """The interface holding ``address`` (Docker names them eth0, eth1… in no set order),
+    and the address's prefix length there."""
     for link in json.loads(sh("ip", "-j", "-4", "addr", "show")):
         for info in link.get("addr_info", []):
             if info.get("local") == address:
-                return str(link["ifname"])
+                return str(link["ifname"]), int(info["prefixlen"])
     raise SystemExit(f"container: no interface holds {address}")
 
 
@@ -76,7 +77,7 @@ def vxlan_commands(t: Topology, host: Host) -> tuple[list[str], list[str]]:
     local = host.addresses["underlay"]
     dev = f"vxlan{vni}"
     ip = [
-        f"link add {dev} type vxlan id {vni} local {local} dev {interface_of(local)} "
+        f"link add {dev} type vxlan id {vni} local {local} dev {interface_of(local)[0]} "
         f"dstport {VXLAN_PORT} nolearning",
         f"link set {dev} address {vxlan_mac(vni, overlay)}",
         f"addr add {overlay}/{prefix} dev {dev}",
@@ -106,8 +107,7 @@ def nat_route(t: Topology, addresses: dict[str, str]) -> list[str]:
 
 def phone_commands(t: Topology) -> list[str]:
     phone = t.docker["phone"]
-    dev = interface_of(phone["internet"])
-    prefix = ipaddress.IPv4Network(t.networks["internet"]["subnet"]).prefixlen
+    dev, prefix = interface_of(phone["internet"])
     out = []
     for block in phone["places"].values():
         for address in list(ipaddress.IPv4Network(block).hosts()):
@@ -117,7 +117,7 @@ def phone_commands(t: Topology) -> list[str]:
 
 def set_up(t: Topology, name: str) -> None:
     if name == "phone":
-        ip_batch(phone_commands(t))
+        batch("ip", phone_commands(t))
         return
     host = t.host(name)
     commands = nat_route(t, host.addresses)
@@ -125,10 +125,8 @@ def set_up(t: Topology, name: str) -> None:
     if host.vpc is not None:
         vx_ip, bridge = vxlan_commands(t, host)
         commands = vx_ip + commands
-    if commands:
-        ip_batch(commands)
-    for line in bridge:
-        sh("bridge", *line.split())
+    batch("ip", commands)
+    batch("bridge", bridge)
 
 
 def drop_privileges() -> None:
@@ -145,15 +143,14 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     name = os.environ.get("D11_SERVICE", "")
     t = topo.load(mode="docker")
-    privileged = os.getuid() == 0
-    if privileged:
+    if os.getuid() == 0:
         set_up(t, name)
     if name == "phone":
-        command = argv or ["sleep", "infinity"]
+        command, role = argv or ["sleep", "infinity"], "phone"
     else:
         host = t.host(name)
-        command = argv or [sys.executable, "-m", host.module]
-    if name == "phone" or t.host(name).role != "nat":
+        command, role = argv or [sys.executable, "-m", host.module], host.role
+    if role != "nat":
         drop_privileges()
     if name == "phone" and not argv:
         phone_demo(os.environ.get("D11_PHONE_DEMO", "off"))

@@ -17,11 +17,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Mapping
 
-from infra.container import interface_of, ip_batch, sh
+from infra.container import batch, interface_of, sh
 
 
-def rules(env: dict[str, str] | os._Environ[str], internet_dev: str) -> list[list[str]]:
+def rules(env: Mapping[str, str], internet_dev: str) -> list[list[str]]:
     """The iptables rules (``-t nat`` arguments without the -A/-C verb)."""
     out = []
     for public in filter(None, env.get("D11_NAT_PUBLIC", "").split(",")):
@@ -37,16 +38,14 @@ def rules(env: dict[str, str] | os._Environ[str], internet_dev: str) -> list[lis
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     own = os.environ["D11_ADDRESS"]
-    dev = interface_of(own)
+    dev, prefix = interface_of(own)
     wanted = rules(os.environ, dev)
     if argv == ["--check"]:
         for rule in wanted:
             sh("iptables", "-t", "nat", "-C", rule[0], *rule[1:])
         return
-    prefix = sh("ip", "-o", "-4", "addr", "show", "dev", dev).split(" inet ")[1].split()[0]
-    bits = prefix.split("/")[1]
     aliases = [a.strip() for a in os.environ.get("D11_NAT_PUBLIC", "").split(",") if a.strip()]
-    ip_batch(f"addr add {a}/{bits} dev {dev}" for a in aliases if a != own)
+    batch("ip", (f"addr add {a}/{prefix} dev {dev}" for a in aliases if a != own))
     for rule in wanted:
         sh("iptables", "-t", "nat", "-A", rule[0], *rule[1:])
     print(f"nat: {len(wanted)} rules on {dev} ({own})", flush=True)

@@ -53,7 +53,7 @@ _CALLS = re.compile(r"\$\{([a-z0-9-]+)\}")  # ${host}: an endpoint it calls (not
 _LOOPBACK = re.compile(r"(?<![\d.])127\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\d.])")
 
 
-def needs_net_admin(t: Topology, host: Host) -> bool:
+def needs_net_admin(host: Host) -> bool:
     """VPC members (VXLAN), the NAT, and underlay-only hosts that route through the NAT."""
     if host.vpc is not None or host.role == "nat":
         return True
@@ -118,7 +118,7 @@ def service(t: Topology, host: Host) -> dict[str, Any]:
     }
     if deps := depends(t, host):
         out["depends_on"] = {d: {"condition": "service_healthy"} for d in deps}
-    if needs_net_admin(t, host):
+    if needs_net_admin(host):
         out["cap_add"] = ["NET_ADMIN"]
         out["user"] = "root"  # infra.container sets the network up, then drops to d11
     if host.role == "nat":
@@ -182,7 +182,7 @@ def render(t: Topology) -> str:
         "x-service": {
             "build": {
                 "context": ".",
-                "args": {"BASE_IMAGE": "${D11_BASE_IMAGE:-python:3.11-slim}"},
+                "args": {"BASE_IMAGE": f"${{D11_BASE_IMAGE:-{BASE}}}"},
             },
             "image": IMAGE,  # D11_MODE=docker, the run and PKI directories: the image's ENV
             "init": True,

@@ -109,8 +109,7 @@ def environment(base: str) -> dict[str, str]:
     return env
 
 
-def compose(*args: str, env: dict[str, str] | None = None, check: bool = True) -> int:
-    env = env or environment(os.environ.get("D11_BASE_IMAGE") or OFFICIAL_BASE)
+def compose(*args: str, env: dict[str, str], check: bool = True) -> int:
     command = [*compose_command(), "-f", str(ROOT / "compose.yaml"), *args]
     code = subprocess.run(command, cwd=ROOT, env=env).returncode
     if check and code != 0:

@@ -38,7 +38,7 @@ HTTPS_PORT = int(os.environ.get("D11_API_PORT") or 8443)
 REFERER = "https://www.shop.example/"
 
 # Phone subnets of dns/gslb/ipdb.csv: (ISP, region) → the block its phones live in. Docker
-# mode sets D11_PHONE_PLACES ("telecom/east=198.19.0.64/27,...") to the container's blocks.
+# mode sets D11_PHONE_PLACES ("telecom/east=198.19.1.0/27,...") to the container's blocks.
 PLACES: dict[tuple[str, str], ipaddress.IPv4Network] = {
     ("telecom", "east"): ipaddress.IPv4Network("127.100.0.0/16"),
     ("telecom", "north"): ipaddress.IPv4Network("127.101.0.0/16"),

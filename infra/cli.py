@@ -48,13 +48,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     took = time.monotonic() - started_at
     _print_status(launcher.status())
     console.print(
-        f"{len(started)} started, all healthy in {took:.1f}s. Runtime files: {launcher.dir}"
+        f"{len(started)} started, all healthy in {took:.1f}s, supervised (a process that"
+        f" dies is restarted). Runtime files: {launcher.dir}"
     )
     if args.detach:
         console.print("Stop with [bold]./d11 down[/].")
         return 0
     console.print("Streaming logs; Ctrl-C stops everything.")
-    return _foreground(launcher, [s.host.name for s in started])
+    names = [h.name for h in launcher._select(args.hosts)] if args.hosts else None
+    return _foreground(launcher, names or [h.name for h in launcher.topology.hosts])
 
 
 def _foreground(launcher: Launcher, names: list[str]) -> int:
@@ -67,11 +69,11 @@ def _foreground(launcher: Launcher, names: list[str]) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     # Hosts sharing a process share its log (their log paths link to it): read it once,
-    # under the process's name.
+    # under the process's name. The supervisor's log says what it restarted.
     files = {}
-    for name in names:
-        path = launcher.log_path(name).resolve()
-        if path.stem not in files:
+    for path in [*(launcher.log_path(n) for n in names), launcher.logs / "supervisor.log"]:
+        path = path.resolve()
+        if path.stem not in files and path.exists():
             files[path.stem] = open(path, "rb")  # noqa: SIM115
     for f in files.values():
         f.seek(0, os.SEEK_END)
@@ -82,15 +84,14 @@ def _foreground(launcher: Launcher, names: list[str]) -> int:
                 for line in f.readlines():
                     quiet = False
                     _print_log(name, line)
-            gone = set(names) - set(launcher.running())
-            if gone:
-                err.print(f"[red]stopped unexpectedly:[/] {', '.join(sorted(gone))}")
+            if launcher.supervisor() is None:
+                err.print("[red]the supervisor stopped unexpectedly[/]")
                 break
             if quiet:
                 time.sleep(0.2)
     finally:
         console.print("stopping…")
-        launcher.down(names)
+        launcher.down()
         for f in files.values():
             f.close()
     return 0
@@ -134,10 +135,13 @@ def _print_status(rows: list[dict[str, Any]]) -> None:
                      " among them: its total is the stack's real footprint; RSS counts them"
                      " in each")  # fmt: skip
     numeric = ("pid", "RSS MiB", "PSS MiB")
-    for column in ("name", "role", "address", "protocol", "pid", "health", *numeric[1:]):
+    columns = ("name", "role", "address", "protocol", "pid", "health", "restarts", "last exit")
+    for column in (*columns, *numeric[1:]):
         table.add_column(column, justify="right" if column in numeric else "left")
     for r in rows:
         health = "[green]healthy[/]" if r["healthy"] else "[red]down[/]"
+        if not r["healthy"] and r.get("state") in ("restarting", "gave-up"):
+            health = f"[red]{r['state']}[/]"
         table.add_row(
             r["name"],
             r["role"],
@@ -145,6 +149,8 @@ def _print_status(rows: list[dict[str, Any]]) -> None:
             r["protocol"],
             str(r["pid"] or "-"),
             health,
+            str(r.get("restarts", 0)),
+            r.get("last_exit") or "",
             f"{r['rss_bytes'] / 2**20:.1f}",
             f"{r['pss_bytes'] / 2**20:.1f}",
         )
@@ -159,6 +165,8 @@ def _print_status(rows: list[dict[str, Any]]) -> None:
         "",
         "",
         f"{sum(r['healthy'] for r in rows)}/{len(rows)}",
+        str(sum(r.get("restarts", 0) for r in rows)),
+        "",
         f"{rss / 2**20:.1f}",
         f"{pss / 2**20:.1f}",
     )

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,11 @@ from infra.procs import (
     proc_start_time,
     terminate_group,
 )
-from infra.service import EXIT_PORT_IN_USE, is_addr_in_use
+from infra.service import EXIT_CONFIG, EXIT_PORT_IN_USE, is_addr_in_use
+from infra.supervisor import Wanted, read_state
 from infra.topology import Host, Topology
+
+log = logging.getLogger("d11.launcher")
 
 DEFAULT_RUN_DIR = ROOT / ".run"
 
@@ -37,12 +40,6 @@ class LaunchError(RuntimeError):
 
 def run_dir() -> Path:
     return Path(os.environ.get("D11_RUN_DIR") or DEFAULT_RUN_DIR)
-
-
-@dataclass
-class Started:
-    host: Host
-    process: subprocess.Popen[bytes]
 
 
 def check_free(host: Host) -> None:
@@ -100,16 +97,11 @@ class Launcher:
 
     # -- up ----------------------------------------------------------------------------
     def running(self) -> dict[str, PidRecord]:
-        """Services of ours that are alive; stale pid files are removed on the way."""
-        alive = {}
-        for name, record in self.pids.read_all().items():
-            if record.alive():
-                alive[name] = record
-            else:
-                self.pids.remove(name)
-        return alive
+        """Services of ours that are alive (stale pid files stay: the supervisor reads a
+        death from them)."""
+        return {name: r for name, r in self.pids.read_all().items() if r.alive()}
 
-    def spawn(self, hosts: list[Host], *, tie_to_launcher: bool) -> list[Started]:
+    def spawn(self, hosts: list[Host], *, tie_to_launcher: bool) -> subprocess.Popen[bytes]:
         """One process for these hosts: the host's module, or infra.group for several."""
         self.logs.mkdir(parents=True, exist_ok=True)
         first = hosts[0]
@@ -130,7 +122,7 @@ class Launcher:
             env["D11_GROUP"] = json.dumps({"name": first.group, "hosts": members})
             command, log_name = [sys.executable, "-m", "infra.group"], first.group
         log_file = self.logs / f"{log_name}.log"
-        with open(log_file, "wb") as log:
+        with open(log_file, "ab") as log:
             process = subprocess.Popen(
                 command,
                 cwd=ROOT,
@@ -149,7 +141,56 @@ class Launcher:
         if start_time is not None:
             for host in hosts:
                 self.pids.write(PidRecord(host.name, process.pid, start_time))
-        return [Started(host, process) for host in hosts]
+        return process
+
+    # -- the supervisor ------------------------------------------------------------------
+    @property
+    def wanted(self) -> Wanted:
+        return Wanted(self.dir / "supervisor")
+
+    def supervisor(self) -> PidRecord | None:
+        """The running supervisor of this run directory, if any."""
+        try:
+            record = PidRecord(**json.loads((self.dir / "supervisor" / "pid.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+        return record if record.alive() else None
+
+    def ensure_supervisor(self, *, tied: bool = False) -> bool:
+        """Start a supervisor unless one runs (it adopts whatever is running); True when
+        one was started."""
+        if self.supervisor() is not None:
+            return False
+        (self.dir / "supervisor").mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, PYTHONPATH=str(ROOT), D11_RUN_DIR=str(self.dir),
+                   D11_TOPOLOGY=str(self.topology.path))  # fmt: skip
+        with open(self.logs / "supervisor.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "infra.supervisor", *(["--tie"] if tied else [])],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=not tied,
+            )
+        start_time = proc_start_time(process.pid)
+        record = {"name": "supervisor", "pid": process.pid, "start_time": start_time}
+        tmp = self.dir / "supervisor" / ".pid.tmp"
+        tmp.write_text(json.dumps(record))
+        tmp.replace(self.dir / "supervisor" / "pid.json")
+        return True
+
+    def supervision(self) -> dict[str, dict[str, Any]]:
+        """Each host's supervision state (restarts, last exit, state), by host name."""
+        by_leader = read_state(self.dir / "supervisor")
+        return {
+            h.name: by_leader[group[0].name]
+            for group in self.topology.groups()
+            for h in group
+            if group[0].name in by_leader
+        }
 
     def up(
         self,
@@ -157,42 +198,44 @@ class Launcher:
         *,
         tie_to_launcher: bool = False,
         timeout: float = 20.0,
-    ) -> list[Started]:
-        """Start the named hosts (default: all) not already running; wait until healthy.
-        A host that shares a process brings the whole process: the others in it are down
-        with it, and they come back together."""
+    ) -> list[str]:
+        """Ask the supervisor for the named hosts (default: all) and wait until healthy;
+        returns the names that were not running before. A host that shares a process
+        brings the whole process: the others in it are down with it, and they come back
+        together."""
         selected = {h.group for h in self._select(names)}
         wanted = [h for h in self.topology.hosts if h.group in selected]
         already = self.running()
         to_start = [h for h in wanted if h.name not in already]
         for host in to_start:
             check_free(host)
-        started = [
-            s
-            for group in self.topology.groups(to_start)
-            for s in self.spawn(group, tie_to_launcher=tie_to_launcher)
-        ]
+        asked_at = time.time()
+        self.wanted.add({h.name for h in wanted})
+        self.ensure_supervisor(tied=tie_to_launcher)
         try:
-            asyncio.run(self._wait_healthy(wanted, started, timeout))
-            # Healthy answers must have come from our processes, not from someone else's.
-            for s in started:
-                code = s.process.poll()
-                if code is not None:
-                    raise LaunchError(self._exit_message(s.host, code))
+            asyncio.run(self._wait_healthy(wanted, {h.name for h in to_start}, asked_at, timeout))
         except BaseException:
-            for s in started:
-                self._stop_one(s.host.name)
+            self.stop_processes([h.name for h in to_start], forget=True)
             raise
-        return started
+        return [h.name for h in to_start]
 
-    async def _wait_healthy(self, hosts: list[Host], started: list[Started], timeout: float):
+    async def _wait_healthy(
+        self, hosts: list[Host], starting: set[str], asked_at: float, timeout: float
+    ) -> None:
         pending = {h.name: h for h in hosts}
         deadline = time.monotonic() + timeout
         while pending:
-            for s in started:
-                code = s.process.poll()
-                if code is not None and s.host.name in pending:
-                    raise LaunchError(self._exit_message(s.host, code))
+            if self.supervisor() is None:
+                lines = "\n  ".join(self.tail("supervisor", 8))
+                raise LaunchError(f"the supervisor stopped:\n  {lines}")
+            supervision = self.supervision()
+            for name in starting & set(pending):
+                state = supervision.get(name, {})
+                code = state.get("last_exit_code")
+                if (state.get("last_exit_at") or 0) >= asked_at and (
+                    code in (EXIT_PORT_IN_USE, EXIT_CONFIG) or state.get("state") == "gave-up"
+                ):
+                    raise LaunchError(self._exit_message(self.topology.host(name), state))
             results = await probe_all(list(pending.values()), timeout=0.5)
             for name, ok in results.items():
                 if ok:
@@ -204,9 +247,10 @@ class Launcher:
                 raise LaunchError(f"not healthy after {timeout:.0f}s: {names} (see ./d11 logs)")
             await asyncio.sleep(0.1)
 
-    def _exit_message(self, host: Host, code: int) -> str:
+    def _exit_message(self, host: Host, state: dict[str, Any]) -> str:
         tail = self.tail(host.name, 5)
-        reason = "its address is taken" if code == EXIT_PORT_IN_USE else f"exit status {code}"
+        code = state.get("last_exit_code")
+        reason = "its address is taken" if code == EXIT_PORT_IN_USE else state.get("last_exit")
         lines = "\n  ".join(tail)
         return f"{host.name} ({host.endpoint}) stopped at start-up, {reason}:\n  {lines}"
 
@@ -218,17 +262,13 @@ class Launcher:
         return data.decode(errors="replace").splitlines()[-count:]
 
     # -- down --------------------------------------------------------------------------
-    def _stop_one(self, name: str) -> None:
-        record = self.pids.read_all().get(name)
-        if record is not None:
-            terminate_group(record)
-            self.pids.remove(name)
-
-    def down(self, names: Iterable[str] | None = None) -> list[str]:
-        """Stop what we started (by pid file, so it works after a launcher crash, even
-        for hosts no longer in the topology); returns the names stopped."""
+    def stop_processes(self, names: Iterable[str] | None, *, forget: bool = False) -> list[str]:
+        """SIGTERM (then SIGKILL) the processes of these hosts (default: every pid file's);
+        returns the names that were running. ``forget``: no longer wanted either."""
         records = self.pids.read_all()
-        selected = set(names) if names else set(records)
+        selected = set(names) if names is not None else set(records)
+        if forget:
+            self.wanted.remove(selected if names is not None else None)
         stopped = []
         for name in sorted(selected & set(records)):
             record = records[name]
@@ -238,14 +278,35 @@ class Launcher:
             self.pids.remove(name)
         return stopped
 
+    def down(self, names: Iterable[str] | None = None) -> list[str]:
+        """Stop what we started (by pid file, so it works after a launcher crash, even
+        for hosts no longer in the topology), and keep it stopped: the hosts leave the
+        supervisor's wanted set first (a host sharing a process takes the process's
+        others with it). Without names the supervisor stops too."""
+        if not names:
+            self.wanted.remove(None)
+            supervisor = self.supervisor()
+            if supervisor is not None:
+                terminate_group(supervisor)
+            return self.stop_processes(None)
+        known = {h.name: h for h in self.topology.hosts}
+        groups = {known[n].group for n in names if n in known}
+        selected = set(names) | {h.name for h in self.topology.hosts if h.group in groups}
+        self.wanted.remove(selected)
+        return self.stop_processes(selected)
+
     # -- status ------------------------------------------------------------------------
     def status(self) -> list[dict[str, Any]]:
+        if self.wanted.read() and self.ensure_supervisor():
+            log.warning("no supervisor was running; started one (it adopts the hosts)")
         running = self.running()
+        supervision = self.supervision()
         health = asyncio.run(probe_all(list(self.topology.hosts), timeout=1.0))
         rows = []
         for host in self.topology.hosts:
             record = running.get(host.name)
             rss, pss = group_memory(record.pid) if record else (0, 0)
+            state = supervision.get(host.name, {})
             rows.append(
                 {
                     "name": host.name,
@@ -259,6 +320,9 @@ class Launcher:
                     "healthy": health[host.name],
                     "rss_bytes": rss,
                     "pss_bytes": pss,
+                    "state": state.get("state", "stopped") if record or state else "stopped",
+                    "restarts": state.get("restarts", 0),
+                    "last_exit": state.get("last_exit"),
                 }
             )
         return rows

@@ -4,6 +4,7 @@ running and are adopted by the next one."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -67,9 +68,9 @@ def test_crash_loop_is_given_up_after_a_bounded_number_of_tries(tmp_path):
     drive(launcher, supervisor, 60)
     # The first start, then one restart per quick exit until the loop is given up.
     assert len(launcher.spawns) == 1 + policy.give_up_after
-    gaps = [b - a for a, b in zip(launcher.spawns, launcher.spawns[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(launcher.spawns)]
     assert gaps[0] < 0.5
-    assert all(later >= earlier for earlier, later in zip(gaps, gaps[1:], strict=False))
+    assert all(later >= earlier for earlier, later in itertools.pairwise(gaps))
     assert max(gaps) <= policy.cap + 0.1
     state = supervisor.states["crasher"]
     assert state.state == "gave-up"

@@ -186,6 +186,9 @@ def render(t: Topology) -> str:
             },
             "image": IMAGE,  # D11_MODE=docker, the run and PKI directories: the image's ENV
             "init": True,
+            # The engine is Docker mode's supervisor: a container whose process dies is
+            # started again (with the engine's own backoff); `docker compose stop` stays.
+            "restart": "unless-stopped",
         },
         "services": services,
         # No masquerading by the host: the lab's networks are closed, and with the host's
@@ -234,14 +237,60 @@ def translate(text: str, table: dict[str, str], where: str) -> str:
     return _LOOPBACK.sub(sub, text)
 
 
+REVERSE_HEAD = """\
+; The reverse zone of the lab's {mode} addresses: every host's address → its name (the
+; name servers' own names; other hosts <host>.lab.example.). RENDERED by `./d11 compose`
+; from infra/topology.yaml and the forward zones: do not edit.
+$ORIGIN {origin}
+$TTL 3600
+@   IN SOA  ns1.nic.example. hostmaster.nic.example. ( 1 7200 3600 1209600 3600 )
+@   IN NS   ns1.nic.example.
+@   IN NS   ns2.nic.example.
+"""
+
+
+def reverse_zone(t: Topology, forward: list[str], origin: str) -> str:
+    """PTR records for every address a host of ``t`` holds under ``origin`` (one /8's
+    in-addr.arpa). A name server is named by its NS name in the forward zones."""
+    from dnslib import QTYPE, RR
+
+    records = [rr for text in forward for rr in RR.fromZone(text)]
+    ns_names = {str(rr.rdata.label) for rr in records if rr.rtype == QTYPE.NS}
+    named = {str(rr.rdata): str(rr.rname) for rr in records
+             if rr.rtype == QTYPE.A and str(rr.rname) in ns_names}  # fmt: skip
+    first = origin.split(".")[0]
+    ptr: dict[str, str] = {}
+    for host in t.hosts:
+        aliases = [a.strip() for a in host.env.get("D11_ADDRESS_ALIASES", "").split(",")]
+        for address in dict.fromkeys([host.address, *host.addresses.values(), *aliases]):
+            if not address:
+                continue
+            if address.split(".")[0] == first:
+                ptr.setdefault(address, named.get(address, f"{host.name}.lab.example."))
+    lines = [REVERSE_HEAD.format(mode=t.mode, origin=origin)]
+    key = lambda a: tuple(int(x) for x in a.split("."))  # noqa: E731
+    for address in sorted(ptr, key=key):
+        owner = ".".join(reversed(address.split(".")[1:]))
+        lines.append(f"{owner:<12} IN PTR {ptr[address]}\n")
+    return "".join(lines)
+
+
 def data_files(process: Topology, docker: Topology) -> dict[Path, str]:
-    """docker/zones/* and docker/gslb/* as the topology gives them."""
+    """docker/zones/* and docker/gslb/* as the topology gives them, and the reverse zones
+    of both modes."""
     table = translations(process, docker)
     note = "; Docker mode copy, rendered by `./d11 compose` from dns/zones/{}: do not edit.\n"
     out: dict[Path, str] = {}
-    for zone in sorted(ZONES.glob("*.zone")):
+    forward = [z for z in sorted(ZONES.glob("*.zone")) if not z.name.endswith(".arpa.zone")]
+    for zone in forward:
         text = translate(zone.read_text(), table, str(zone))
         out[DOCKER_DIR / "zones" / zone.name] = note.format(zone.name) + text
+    out[ZONES / "127.in-addr.arpa.zone"] = reverse_zone(
+        process, [z.read_text() for z in forward], "127.in-addr.arpa."
+    )
+    out[DOCKER_DIR / "zones" / "198.in-addr.arpa.zone"] = reverse_zone(
+        docker, [out[DOCKER_DIR / "zones" / z.name] for z in forward], "198.in-addr.arpa."
+    )
     for policy in sorted(POLICIES.glob("*.yaml")):
         text = translate(policy.read_text(), table, str(policy))
         text = re.sub(r"^ipdb: (\S+)", r"ipdb: ../../dns/gslb/\1", text, count=1, flags=re.M)

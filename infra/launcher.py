@@ -288,7 +288,10 @@ class Launcher:
             supervisor = self.supervisor()
             if supervisor is not None:
                 terminate_group(supervisor)
-            return self.stop_processes(None)
+            stopped = self.stop_processes(None)
+            # The next `up` is a new run: its restarts count from zero.
+            (self.dir / "supervisor" / "state.json").unlink(missing_ok=True)
+            return stopped
         known = {h.name: h for h in self.topology.hosts}
         groups = {known[n].group for n in names if n in known}
         selected = set(names) | {h.name for h in self.topology.hosts if h.group in groups}

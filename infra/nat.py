@@ -2,7 +2,9 @@
 data centre, done by the kernel (iptables + conntrack), as a cloud NAT gateway or SLB does.
 
 * **DNAT**: every public address in ``D11_NAT_PUBLIC`` forwards the ports of
-  ``D11_NAT_FORWARD`` (``443=198.18.0.10:8443``) to the private address behind it. The
+  ``D11_NAT_FORWARD`` (``443=198.18.0.10:8443``) to the private address behind it; an
+  entry naming its public address (``198.19.0.14:443=198.18.0.14:8443``) applies to that
+  one alone, so several gateways each get their own entry addresses. The
   client's address is kept, so the API gateway sees the phone (its span records client,
   public and private addresses), and the gateway's replies route back through here.
 * **SNAT**: hosts of the ``D11_NAT_MASQUERADE`` subnets going out to the internet leave
@@ -25,10 +27,13 @@ from infra.container import batch, interface_of, sh
 def rules(env: Mapping[str, str], internet_dev: str) -> list[list[str]]:
     """The iptables rules (``-t nat`` arguments without the -A/-C verb)."""
     out = []
-    for public in filter(None, env.get("D11_NAT_PUBLIC", "").split(",")):
+    for public in filter(None, (a.strip() for a in env.get("D11_NAT_PUBLIC", "").split(","))):
         for forward in filter(None, env.get("D11_NAT_FORWARD", "").split(",")):
-            port, _, target = forward.partition("=")
-            out.append(["PREROUTING", "-d", public.strip(), "-p", "tcp", "--dport", port.strip(),
+            entry, _, target = forward.strip().partition("=")
+            only, _, port = entry.rpartition(":")
+            if only and only != public:
+                continue
+            out.append(["PREROUTING", "-d", public, "-p", "tcp", "--dport", port,
                         "-j", "DNAT", "--to-destination", target.strip()])  # fmt: skip
     for subnet in filter(None, env.get("D11_NAT_MASQUERADE", "").split(",")):
         out.append(["POSTROUTING", "-s", subnet.strip(), "-o", internet_dev, "-j", "MASQUERADE"])

@@ -13,7 +13,9 @@ from the topology, as a deploy tool would fill an nginx template.
 
 Beyond open-source nginx, ``gateway/extensions.conf`` (a separate file, never included by
 ``gateway.conf``) adds active health checks: ``health_check UPSTREAM interval=1s
-uri=/healthz fails=1 passes=1 timeout=1s;``.
+uri=/healthz fails=1 passes=1 timeout=1s;``, and ``problem_errors /api/;``: the gateway's
+own errors (429, 502, 503, 504, ...) under those prefixes are ``application/problem+json``
+(RFC 9457), the API's error language, instead of nginx's HTML page.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ _allow("upstream", 0, 0, "least_conn")
 _allow("upstream", 1, 2, "hash")
 _allow("upstream", 1, 1, "keepalive")
 # Double-11 extension (extensions.conf only): active probes, as NGINX Plus's health_check.
-EXTENSIONS = {"health_check": {"main": (1, None)}}
+EXTENSIONS = {"health_check": {"main": (1, None)}, "problem_errors": {"main": (1, None)}}
 
 NEXT_UPSTREAM = frozenset(
     [
@@ -278,6 +280,8 @@ class Config:
     zones: dict[str, LimitZone] = field(default_factory=dict)
     log_formats: dict[str, str] = field(default_factory=lambda: {"combined": DEFAULT_LOG_FORMAT})
     servers: list[Server] = field(default_factory=list)
+    # Extension: URI prefixes under which the gateway's own errors are RFC 9457 problems.
+    problem_prefixes: tuple[str, ...] = ()
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -363,7 +367,12 @@ def load(
         ext = _parse_file(Path(extensions).resolve())
         _check(ext, "main", EXTENSIONS)
         for d in ext:
-            _health_check(config, d)
+            if d["directive"] == "problem_errors":
+                if not all(a.startswith("/") for a in d["args"]):
+                    raise fail(d, "problem_errors takes URI prefixes (/api/)")
+                config.problem_prefixes += tuple(d["args"])
+            else:
+                _health_check(config, d)
     _fill_addresses(config, env or {})
     if not config.servers:
         raise ConfigError(f"no server block in {path}")

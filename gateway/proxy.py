@@ -37,6 +37,7 @@ from infra.http1 import (
     encode_request,
     error_page,
     housekeeping,
+    problem_page,
 )
 from infra.pki import ensure_server_cert, pki_dir
 from infra.service import Component, Context
@@ -201,6 +202,10 @@ class Gateway:
             }
             with server_span(f"{request.method}", request.headers, attributes) as span:
                 response = await self._handle(request, server, v, span)
+                if response.status >= 400 and response.own and request.path.startswith(
+                    self.config.problem_prefixes
+                ):
+                    response = problem_page(response.status, v.request_id)
                 span.set_attribute("http.response.status_code", response.status)
                 if response.status >= 500:
                     mark_error(span, f"HTTP {response.status}")

@@ -124,9 +124,18 @@ _CHANNEL_OPTIONS = [
 ]
 
 
+# A restarted peer is back within a second or two: reconnect soon after it (gRPC's
+# defaults wait 1 s, then back off to 120 s, failing calls fast in between).
+_RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
 def channel(target: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(
-        target, options=_CHANNEL_OPTIONS, interceptors=[ClientTelemetry()]
+        target, options=[*_CHANNEL_OPTIONS, *_RECONNECT_OPTIONS], interceptors=[ClientTelemetry()]
     )
 
 

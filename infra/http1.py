@@ -53,7 +53,24 @@ def error_page(status: int) -> Response:
         f"<center><h1>{status} {reason}</h1></center>\r\n<hr><center>{SERVER_HEADER}</center>\r\n"
         "</body>\r\n</html>\r\n"
     )
-    return Response(status, html.encode(), [("Content-Type", "text/html")])
+    page = Response(status, html.encode(), [("Content-Type", "text/html")])
+    page.own = True
+    return page
+
+
+def problem_page(status: int, request_id: str = "") -> Response:
+    """The same error as an RFC 9457 problem, for clients of a JSON API."""
+    reason = REASONS.get(status, "Error")
+    body = {"type": f"/problems/http-{status}", "title": reason, "status": status,
+            "detail": f"{SERVER_HEADER} gateway: {reason.lower()}"}  # fmt: skip
+    if request_id:
+        body["request_id"] = request_id
+    headers = [("Content-Type", "application/problem+json")]
+    if status in (429, 503):
+        headers.append(("Retry-After", "1"))
+    page = Response(status, json.dumps(body).encode(), headers)
+    page.own = True
+    return page
 
 
 class Request:
@@ -117,7 +134,7 @@ class Request:
 
 
 class Response:
-    __slots__ = ("body", "headers", "status", "wire")
+    __slots__ = ("body", "headers", "own", "status", "wire")
 
     def __init__(
         self, status: int, body: bytes = b"", headers: list[tuple[str, str]] | None = None
@@ -126,6 +143,7 @@ class Response:
         self.headers = headers if headers is not None else []
         # Already encoded (a keep-alive answer to a GET), sent as it is.
         self.wire: bytes | None = None
+        self.own = False  # this server's own error page, not a relayed answer
 
     def set(self, name: str, value: str) -> None:
         lower = name.lower()

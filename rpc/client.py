@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -19,6 +20,11 @@ from rpc.errors import Code, DomainError, from_grpc
 S = TypeVar("S")
 
 RETRY_BACKOFF_S = 0.05
+RETRY_BACKOFF_MAX_S = 0.4
+# An idempotent call's attempt gets this share of what is left of its deadline (at least
+# ATTEMPT_MIN_S), so a hung instance costs a share, not all of it.
+ATTEMPT_SHARE = 0.4
+ATTEMPT_MIN_S = 0.5
 
 
 class BalancedClient:
@@ -65,8 +71,10 @@ class BalancedClient:
         self, method: str, request: Any, *, timeout: float | None = None, retries: int = 0
     ) -> Any:
         """``timeout`` is what is left of the caller's deadline (default: the client's
-        own); ``retries`` > 0 only for idempotent calls, and only on UNAVAILABLE, each on
-        another instance when there is one."""
+        own). ``retries`` > 0 marks the call idempotent: it is then retried, each time on
+        another instance when there is one, for as long as the deadline allows (at least
+        ``retries`` times), after UNAVAILABLE or after an attempt that outlived its share
+        of the deadline (a hung instance). A call that is not idempotent is tried once."""
         budget = self.timeout if timeout is None else min(timeout, self.timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
@@ -93,14 +101,24 @@ class BalancedClient:
             if left <= 0:
                 raise DomainError(Code.DEADLINE_EXCEEDED, f"no time left to call {method}")
             endpoint = self._pick(avoid=failed)
+            # An idempotent call gives one attempt part of the time, so a hung instance
+            # costs a share of the deadline and the rest goes to another.
+            share = max(ATTEMPT_MIN_S, left * ATTEMPT_SHARE) if retries else left
             try:
-                return await self.invoke(endpoint, method, request, left)
+                return await self.invoke(endpoint, method, request, min(left, share))
             except DomainError as failure:
-                if failure.code is not Code.UNAVAILABLE or attempt >= retries:
+                retryable = failure.code is Code.UNAVAILABLE or (
+                    failure.code is Code.DEADLINE_EXCEEDED and share < left
+                )
+                if not retryable or not retries:
                     raise
                 failed = endpoint
             attempt += 1
-            await asyncio.sleep(RETRY_BACKOFF_S * attempt)
+            pause = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S * 2 ** (attempt - 1))
+            if loop.time() + pause >= deadline:
+                raise DomainError(Code.UNAVAILABLE, f"{method}: {self.describe()} did not answer"
+                                  f" within the deadline ({attempt} attempts)")  # fmt: skip
+            await asyncio.sleep(pause * (0.5 + random.random() / 2))
 
 
 class GrpcClient(BalancedClient, Generic[S]):

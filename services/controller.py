@@ -368,6 +368,26 @@ def routes(api: Api) -> web.RouteTableDef:
             }
         )
 
+    @r.get(r"/api/admin/items/{item_id:\d{1,10}}/stock")
+    async def get_stock_level(request: web.Request) -> web.Response:
+        """The whole stock level (available, reserved, sold), for an operator's audit."""
+        api.check_admin(request)
+        item_id = int(request.match_info["item_id"])
+        if catalog.get(item_id) is None:
+            raise DomainError(Code.NOT_FOUND, f"no item {item_id}")
+        reply = await api.inventory.call(
+            "GetStock", inventory_pb2.GetStockRequest(item_ids=[item_id]), retries=1
+        )
+        (level,) = reply.items
+        return web.json_response(
+            {
+                "item_id": level.item_id,
+                "available": level.available,
+                "reserved": level.reserved,
+                "sold": level.sold,
+            }
+        )
+
     @r.post("/api/admin/coupons")
     async def create_coupon(request: web.Request) -> web.Response:
         api.check_admin(request)

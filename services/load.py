@@ -47,6 +47,35 @@ PROTOCOLS = ("grpc", "dubbo", "soap")
 STEPS = ("dns", "tls", "item", "cdn", "order", "read")
 
 
+ADMIN_PATIENCE_S = 20.0
+# Visit outcomes that are not failures: an order, a clean "sold out", a browse.
+SUCCESSES = frozenset({"ok", "sold-out", "browse"})
+SETTLE_S = 15.0
+
+
+class AuditError(Exception):
+    """The audit could not read what it checks (no controller answered in time)."""
+
+
+def stock_checks(
+    start: dict[str, int], level: dict[str, int], confirmed_units: int
+) -> dict[str, bool]:
+    """What an item's stock must satisfy after a run that began at ``start``: no unit
+    created or lost (available + reserved + sold unchanged; the database's CHECK only keeps
+    each number >= 0, so this can fail where that cannot), and every unit taken from the
+    shelf belongs to an order confirmed in the run (confirmed orders' units are reserved
+    until their batch commits, then sold)."""
+
+    def total(x: dict[str, int]) -> int:
+        return x["available"] + x["reserved"] + x["sold"]
+
+    taken = (level["reserved"] + level["sold"]) - (start["reserved"] + start["sold"])
+    return {
+        "stock conserved": total(level) == total(start),
+        "units taken equal confirmed order lines": taken == confirmed_units,
+    }
+
+
 def percentile(values: list[float], q: float) -> float:
     """Exact percentile (nearest rank) over every recorded value; runs are bounded, so
     keeping them all is affordable and needs no bucketing error."""
@@ -77,8 +106,28 @@ class Run:
         self.rng = random.Random(args.seed)
         self.protocols = itertools.cycle(PROTOCOLS if args.protocol == "mix" else (args.protocol,))
 
-    def controller(self) -> str:
-        return f"http://{self.topology.by_role('controller')[0].endpoint}"
+    def controllers(self) -> list[str]:
+        return [f"http://{h.endpoint}" for h in self.topology.by_role("controller")]
+
+    async def admin_call(
+        self, session: aiohttp.ClientSession, method: str, path: str, **kwargs: Any
+    ) -> tuple[int, Any]:
+        """An operator's call through any controller that answers: the audit must survive
+        the faults it measures. Retried on network errors and 5xx for ADMIN_PATIENCE_S."""
+        deadline = time.monotonic() + ADMIN_PATIENCE_S
+        turn = 0
+        while True:
+            base = self.controllers()[turn % len(self.controllers())]
+            turn += 1
+            try:
+                async with session.request(method, base + path, **kwargs) as r:
+                    if r.status < 500:
+                        return r.status, await r.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise AuditError(f"no controller answered {method} {path}")
+            await asyncio.sleep(0.2)
 
     # -- phones -----------------------------------------------------------------------------
     def phones(self, ca: Path) -> list[Phone]:
@@ -162,7 +211,7 @@ class Run:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         done = self.journeys
         orders = [j for j in done if j.outcome == "ok"]
-        errors = Counter(j.outcome for j in done if j.outcome not in ("ok", "sold-out", "browse"))
+        errors = Counter(j.outcome for j in done if j.outcome not in SUCCESSES)
         totals = [j.total for j in done[-2000:]]
         t = Table(title="Double-11 load", show_header=True)
         for col in ("visits", "orders ok", "orders/s", "in flight", "p50 ms", "p99 ms", "errors"):
@@ -176,17 +225,21 @@ class Run:
 
     # -- before and after -----------------------------------------------------------------------
     async def admin(self, session: aiohttp.ClientSession, item: int, stock: int) -> None:
-        async with session.put(
-            f"{self.controller()}/api/admin/items/{item}/stock",
-            json={"available": stock},
+        status, _ = await self.admin_call(
+            session, "PUT", f"/api/admin/items/{item}/stock", json={"available": stock},
             headers={"X-Admin-Token": LAB_ADMIN_TOKEN},
-        ) as r:
-            if r.status != 200:
-                raise SystemExit(f"could not set the stock of item {item}: HTTP {r.status}")
+        )  # fmt: skip
+        if status != 200:
+            raise SystemExit(f"could not set the stock of item {item}: HTTP {status}")
 
-    async def stock(self, session: aiohttp.ClientSession, item: int) -> int:
-        async with session.get(f"{self.controller()}/api/items/{item}") as r:
-            return int((await r.json())["stock"])
+    async def stock_level(self, session: aiohttp.ClientSession, item: int) -> dict[str, int]:
+        status, body = await self.admin_call(
+            session, "GET", f"/api/admin/items/{item}/stock",
+            headers={"X-Admin-Token": LAB_ADMIN_TOKEN},
+        )  # fmt: skip
+        if status != 200:
+            raise AuditError(f"stock level of item {item}: HTTP {status}")
+        return body
 
     async def cdn_stats(self, session: aiohttp.ClientSession) -> dict[str, dict]:
         out = {}
@@ -198,15 +251,18 @@ class Run:
                 continue
         return out
 
-    async def audit(self, session: aiohttp.ClientSession, before: dict[int, int]) -> dict[str, Any]:
+    async def audit(
+        self, session: aiohttp.ClientSession, before: dict[int, dict[str, int]]
+    ) -> dict[str, Any]:
         """Read back from the services: every acknowledged order is there and confirmed,
         keys are not reused, units sold equal confirmed order lines, nothing oversold."""
         acknowledged = [j for j in self.journeys if j.status in (200, 201) and j.order_id]
         sem = asyncio.Semaphore(32)
 
         async def present(j: Journey) -> bool:
-            async with sem, session.get(f"{self.controller()}/api/orders/{j.order_id}") as r:
-                return r.status == 200 and (await r.json()).get("status") == "CONFIRMED"
+            async with sem:
+                status, body = await self.admin_call(session, "GET", f"/api/orders/{j.order_id}")
+            return status == 200 and body.get("status") == "CONFIRMED"
 
         found = await asyncio.gather(*(present(j) for j in acknowledged))
         missing = [j.order_id for j, ok in zip(acknowledged, found, strict=True) if not ok]
@@ -217,24 +273,31 @@ class Run:
         sample = acknowledged[: min(20, len(acknowledged))]
         for j in sample:
             body = order_body(f"phone-{j.phone}", j.item_id, self.args.coupon)
-            async with session.post(
-                f"{self.controller()}/api/orders", json=body,
+            status, answer = await self.admin_call(
+                session, "POST", "/api/orders", json=body,
                 headers={"Idempotency-Key": j.key, "X-Order-Protocol": j.protocol},
-            ) as r:  # fmt: skip
-                replays_ok += (
-                    r.status in (200, 201) and (await r.json()).get("order_id") == j.order_id
-                )
+            )  # fmt: skip
+            replays_ok += status in (200, 201) and answer.get("order_id") == j.order_id
         units: dict[int, int] = defaultdict(int)
         for j, ok in zip(acknowledged, found, strict=True):
             if ok:
                 units[j.item_id] += j.quantity
         items = {}
         for item, initial in before.items():
-            after = await self.stock(session, item)
-            sold = initial - after
-            items[item] = {"stock_before": initial, "stock_after": after, "sold": sold,
-                           "confirmed_units": units.get(item, 0)}  # fmt: skip
-        ordering = self.args.scenario != "browse" and any(v > 0 for v in before.values())
+            # Settled: nothing left reserved by an order that is neither confirmed nor gone
+            # (the sweepers pay what crashes left owed), or out of patience.
+            settle_by = time.monotonic() + SETTLE_S
+            while True:
+                level = await self.stock_level(session, item)
+                check = stock_checks(initial, level, units.get(item, 0))
+                if all(check.values()) or time.monotonic() > settle_by:
+                    break
+                await asyncio.sleep(0.5)
+            items[item] = {"stock_before": initial["available"], **level,
+                           "confirmed_units": units.get(item, 0), "checks": check}  # fmt: skip
+        ordering = self.args.scenario != "browse" and any(
+            v["available"] > 0 for v in before.values()
+        )
         checks = {
             # A run where nothing got through must not pass for want of anything to check.
             "orders went through": bool(acknowledged) or not ordering,
@@ -242,10 +305,12 @@ class Run:
             "one order per idempotency key": all(c == 1 for c in by_key.values())
             and all(c == 1 for c in by_order.values()),
             "replayed keys return the same order": replays_ok == len(sample),
-            "units sold equal confirmed order lines": all(
-                v["sold"] == v["confirmed_units"] for v in items.values()
+            "units taken equal confirmed order lines": all(
+                v["checks"]["units taken equal confirmed order lines"] for v in items.values()
             ),
-            "no oversell": all(v["stock_after"] >= 0 for v in items.values()),
+            "stock conserved (available + reserved + sold = the start)": all(
+                v["checks"]["stock conserved"] for v in items.values()
+            ),
         }
         return {"passed": all(checks.values()), "checks": checks, "items": items,
                 "acknowledged": len(acknowledged), "missing": missing[:10],
@@ -255,6 +320,7 @@ class Run:
     def report(self, elapsed: float, cdn_before: dict, cdn_after: dict, audit: dict) -> dict:
         js = self.journeys
         ok = [j for j in js if j.outcome == "ok"]
+        failed = [j for j in js if j.outcome not in SUCCESSES]
         steps = {s: summary([j.steps[s] for j in js if s in j.steps]) for s in STEPS}
         per_protocol = {
             p: {**summary([j.total for j in ok if j.protocol == p]),
@@ -298,6 +364,11 @@ class Run:
             "steps": steps,
             "protocols": per_protocol,
             "outcomes": dict(Counter(j.outcome for j in js)),
+            "failed": len(failed),
+            "failed_share": round(len(failed) / len(js), 5) if js else 0.0,
+            "retries": sum(j.retries for j in js),
+            "visits_retried": sum(1 for j in js if j.retries),
+            "dns_fallbacks": sum(j.fallbacks for j in js),
             "statuses": dict(Counter(str(j.status) for j in js if j.status)),
             "cdn": cdn,
             "cdn_at_phone": dict(Counter(j.cdn_cache for j in js if j.cdn_cache)),
@@ -331,6 +402,9 @@ def print_report(r: dict, console: Console) -> None:
                   f"{s['order']['p50_ms']:.1f}", f"{s['order']['p99_ms']:.1f}")  # fmt: skip
     console.print(t)
     console.print("outcomes: " + ", ".join(f"{k} {v}" for k, v in r["outcomes"].items()))
+    console.print(f"failed visits: {r['failed']} ({r['failed_share']:.2%}); retries: "
+                  f"{r['retries']} (in {r['visits_retried']} visits); HTTPDNS → LocalDNS "
+                  f"fallbacks: {r['dns_fallbacks']}")  # fmt: skip
     console.print("order statuses: " + ", ".join(f"{k} {v}" for k, v in r["statuses"].items()))
     t = Table(title="CDN by tier (this run)")
     for col in ("tier", "hit", "miss", "stale", "revalidated", "expired", "hit ratio"):
@@ -352,11 +426,14 @@ def print_report(r: dict, console: Console) -> None:
     audit = r["audit"]
     verdict = "[green]PASSED[/]" if audit["passed"] else "[red]FAILED[/]"
     console.print(f"audit {verdict}: {audit['acknowledged']} acknowledged orders")
+    if audit.get("error"):
+        console.print(f"  [red]{audit['error']}[/]")
     for check, passed in audit["checks"].items():
         console.print(f"  {'✓' if passed else '✗'} {check}")
     for item, v in audit["items"].items():
-        console.print(f"  item {item}: stock {v['stock_before']} → {v['stock_after']}, "
-                      f"sold {v['sold']}, confirmed units {v['confirmed_units']}")  # fmt: skip
+        console.print(f"  item {item}: available {v['stock_before']} → {v['available']}, "
+                      f"reserved {v['reserved']}, sold {v['sold']}, "
+                      f"confirmed units {v['confirmed_units']}")  # fmt: skip
     # In a container the viewer is the host's published one (compose.yaml), not ./d11's.
     docker = os.environ.get("D11_MODE") == "docker"
 
@@ -389,10 +466,10 @@ async def main_async(args: argparse.Namespace) -> int:
     run = Run(args, topology)
     console = Console(stderr=True)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as admin:
-        before: dict[int, int] = {}
+        before: dict[int, dict[str, int]] = {}
         if args.scenario in ("flash-sale", "mixed"):
             await run.admin(admin, args.hot_item, args.stock)
-            before[args.hot_item] = args.stock
+            before[args.hot_item] = await run.stock_level(admin, args.hot_item)
         cdn_before = await run.cdn_stats(admin)
         phones = run.phones(ca)
         try:
@@ -407,9 +484,12 @@ async def main_async(args: argparse.Namespace) -> int:
         finally:
             await asyncio.gather(*(p.close() for p in phones))
         cdn_after = await run.cdn_stats(admin)
-        if args.scenario == "mixed":
-            before = {args.hot_item: args.stock}  # other items: many orders, ample stock
-        audit = await run.audit(admin, before)
+        # Mixed: other items get many orders from ample stock; the hot item is audited.
+        try:
+            audit = await run.audit(admin, before)
+        except AuditError as exc:  # reported, never a traceback in place of the report
+            audit = {"passed": False, "error": str(exc), "checks": {}, "items": {},
+                     "acknowledged": 0, "missing": [], "replayed": 0}  # fmt: skip
     report = run.report(elapsed, cdn_before, cdn_after, audit)
     if provider is not None:
         provider.shutdown()

@@ -332,6 +332,15 @@ def document() -> dict[str, Any]:
             }
         },
         "/api/admin/items/{item_id}/stock": {
+            "get": {
+                "summary": "An item's stock levels: available, reserved, sold (admin)",
+                "operationId": "getStockLevel",
+                "parameters": [_ITEM_ID, _ADMIN],
+                "responses": {
+                    "200": _json(_ref("Stock"), "The stock levels"),
+                    **_errors(400, 403, 404, 503, 504),
+                },
+            },
             "put": {
                 "summary": "Set an item's available stock (admin)",
                 "operationId": "setStock",

@@ -11,7 +11,10 @@ Placing an order is a saga over three owners of data:
 A failure in 2-3 marks the order REJECTED and compensates: release the reservation and the
 redemption (both idempotent, both leaving tombstones when the original never arrived).
 Steps that are owed after a crash are paid by :class:`Sweeper`, so no acknowledged order
-is lost and no stock leaks. Cancelling a CONFIRMED order restocks and releases the coupon.
+is lost and no stock leaks. A saga that died half-way (its process killed, or hung past
+its lease) is finished forward by a sweeper, since every step is idempotent by the order
+id: a client retrying with its key then gets the order, not an error. Cancelling a
+CONFIRMED order restocks and releases the coupon.
 
 Two things keep a flash sale cheap. Reservations of confirmed orders are committed in
 batches (:class:`GroupCommitter`: one inventory call per burst, not per order). And once
@@ -38,6 +41,7 @@ from infra.db import ThreadOwned, store_location
 from infra.service import Component
 from infra.tasks import Periodic, cancel
 from infra.telemetry import tracer
+from rpc import deadline as call_deadline
 from rpc.client import GrpcClient
 from rpc.errors import Code, DomainError
 from rpc.proto import coupon_pb2, coupon_pb2_grpc, inventory_pb2, inventory_pb2_grpc
@@ -49,6 +53,9 @@ log = logging.getLogger("d11.orders")
 MAX_LINES = 50
 MAX_QUANTITY = 1000
 RESERVATION_TTL_S = 300
+# Forward recovery of an abandoned order: each try's budget, and how long it is tried.
+RESUME_STEP_S = 5.0
+RESUME_FOR_S = 60.0
 FINAL = ("CONFIRMED", "CANCELLED", "REJECTED")
 
 
@@ -151,7 +158,8 @@ class Orders:
         future: asyncio.Future[OrderRow | DomainError] = asyncio.get_running_loop().create_future()
         self._inflight[key] = (fingerprint, future)
         try:
-            row = await self._saga(request, lines, fingerprint, timeout or self.default_timeout)
+            budget = timeout or call_deadline.left(self.default_timeout)
+            row = await self._saga(request, lines, fingerprint, budget)
         except DomainError as error:
             future.set_result(error)
             raise
@@ -223,6 +231,14 @@ class Orders:
             return await self._settled(row, deadline)
         if row.status != "PENDING":
             return row
+        return await self._advance(row, deadline)
+
+    async def _advance(self, row: OrderRow, deadline: float, *, final: bool = True) -> OrderRow:
+        """Steps 2-4 for a PENDING order: every step is idempotent by the order id, so a
+        sweeper may run them again for an order whose saga died (forward recovery). Not
+        ``final``: a failure that decided nothing (UNAVAILABLE, a deadline) is raised and
+        the order stays PENDING for the next try."""
+        loop = asyncio.get_running_loop()
         order_id = row.order_id
 
         def left() -> float:
@@ -245,6 +261,8 @@ class Orders:
                 self._sold_out[int(error.detail["item_id"])] = loop.time() + self.sold_out_hint_s
             # A refusal decided nothing; anything else may have reserved: compensate.
             decided = error.code in (Code.SOLD_OUT, Code.UNPROCESSABLE, Code.INVALID_ARGUMENT)
+            if not decided and not final:
+                raise
             return await self._reject(order_id, error, owed=not decided)
         if reservation.state not in (inventory_pb2.RESERVED, inventory_pb2.COMMITTED):
             error = DomainError(Code.UNAVAILABLE, "the stock reservation was already released")
@@ -266,6 +284,8 @@ class Orders:
                     retries=1,
                 )
             except DomainError as error:
+                if not final and error.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
+                    raise
                 return await self._reject(order_id, error, owed=True)
             if redemption.state != coupon_pb2.REDEEMED:
                 error = DomainError(Code.UNAVAILABLE, "the coupon redemption was already released")
@@ -285,6 +305,19 @@ class Orders:
             return await self._settled(row, deadline)
         self.committer.add(order_id)
         return confirmed
+
+    async def resume(self, row: OrderRow) -> OrderRow:
+        """Finish a PENDING order whose saga died (its process was killed, or hung past its
+        lease): forward, not backward, so a client retrying its key gets the order rather
+        than an error. An order that cannot be finished within RESUME_FOR_S is given up."""
+        loop = asyncio.get_running_loop()
+        log.warning("resuming an abandoned order", extra={"order_id": row.order_id})
+        try:
+            return await self._advance(row, loop.time() + RESUME_STEP_S, final=False)
+        except DomainError as error:
+            if now_ms() - row.created_at_ms < RESUME_FOR_S * 1000:
+                return row  # the next sweep tries again
+            return await self._reject(row.order_id, error, owed=True)
 
     async def _reject(self, order_id: str, error: DomainError, *, owed: bool) -> OrderRow:
         rejected = await self.store.run(
@@ -449,21 +482,22 @@ class GroupCommitter:
 
 
 class Sweeper(Periodic):
-    """Recovery: at start-up, give up this instance's PENDING orders (it just restarted,
-    so their sagas are gone); then, every ``interval``, give up PENDING orders whose lease
-    ran out and pay whatever any order still owes."""
+    """Recovery: at start-up, finish this instance's PENDING orders (it just restarted,
+    so their sagas are gone); then, every ``interval``, finish PENDING orders whose lease
+    ran out (forward: :meth:`Orders.resume`) and pay whatever any order still owes."""
 
     def __init__(self, orders: Orders, interval: float = 1.0) -> None:
         super().__init__("order-sweeper", interval, self.sweep)
         self.orders = orders
+        self.startup: asyncio.Task[None] | None = None
 
     async def sweep(self, *, startup: bool = False) -> None:
         store = self.orders.store
         owner = self.orders.owner if startup else None
-        for order_id in await store.run(OrderStore.abandoned, owner, now_ms()):
-            error = DomainError(Code.UNAVAILABLE, "the order service stopped while placing it")
-            await self.orders._reject(order_id, error, owed=True)
-            log.warning("gave up an abandoned order", extra={"order_id": order_id})
+        rows = [await store.run(OrderStore.get, order_id)
+                for order_id in await store.run(OrderStore.abandoned, owner, now_ms())]  # fmt: skip
+        await asyncio.gather(*(self.orders.resume(r) for r in rows if r and r.status == "PENDING"))
+        # Leave fresh ones to the saga's own finalizer and the group committer.
         # Leave fresh ones to the saga's own finalizer and the group committer.
         for order_id, status in await store.run(OrderStore.owed, now_ms() - 1000):
             if status == "CONFIRMED":
@@ -474,10 +508,12 @@ class Sweeper(Periodic):
                     await self.orders.finalize(row)
 
     async def start(self) -> None:
-        await self.sweep(startup=True)
+        # In the background: finishing what the last run left must not delay serving.
+        self.startup = asyncio.create_task(self.sweep(startup=True), name="order-sweep-startup")
         await super().start()
 
     async def stop(self, grace: float) -> None:
+        await cancel(self.startup)
         await super().stop(grace)
         await self.orders.drain()
 

@@ -36,6 +36,13 @@ API_NAME, IMG_NAME = "api.shop.example", "img.shop.example"
 # The entry's HTTPS port: the gateway's own in process mode, the NAT's 443 in Docker mode.
 HTTPS_PORT = int(os.environ.get("D11_API_PORT") or 8443)
 REFERER = "https://www.shop.example/"
+# The app's retry policy: a connect failure, a reset, or 502/503/504 is sent again (an order
+# with the same Idempotency-Key) on the next address resolved, after a jittered backoff;
+# at most RETRY_ATTEMPTS tries in all, each bounded by its own timeout.
+RETRY_ATTEMPTS = 5
+RETRY_BACKOFF_S = (0.15, 0.3, 0.6, 1.2)
+RETRY_STATUSES = frozenset({502, 503, 504})
+ATTEMPT_TIMEOUT_S = {"GET": 4.0, "POST": 12.0}
 
 # Phone subnets of dns/gslb/ipdb.csv: (ISP, region) → the block its phones live in. Docker
 # mode sets D11_PHONE_PLACES ("telecom/east=198.19.1.0/27,...") to the container's blocks.
@@ -51,6 +58,10 @@ if os.environ.get("D11_PHONE_PLACES"):
         place, _, block = item.partition("=")
         isp, _, region = place.strip().partition("/")
         PLACES[(isp, region)] = ipaddress.IPv4Network(block.strip())
+
+
+class _Retryable(Exception):
+    """A gateway's or edge's 502/503/504: the app sends the request again."""
 
 
 class StepError(Exception):
@@ -84,6 +95,8 @@ class Journey:
     trace_id: str = ""
     sampled: bool = False  # whether the trace is recorded (the load's --trace-ratio)
     total: float = 0.0
+    retries: int = 0  # requests sent again (same Idempotency-Key) after a fault
+    fallbacks: int = 0  # HTTPDNS failed and LocalDNS answered instead
 
 
 class _Receiver(asyncio.DatagramProtocol):
@@ -93,6 +106,10 @@ class _Receiver(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr) -> None:
         if not self.reply.done():
             self.reply.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.reply.done():
+            self.reply.set_exception(exc)
 
 
 def order_body(user: str, item_id: int, coupon: str = "") -> dict[str, Any]:
@@ -120,6 +137,7 @@ class Phone:
         self.resolver, self.httpdns = resolver, httpdns
         self.user = f"phone-{address}"
         self.dns_cache: dict[str, tuple[list[str], float]] = {}
+        self.api_addresses: list[str] = []
         context = ssl.create_default_context(cafile=str(ca_file))
         self.connects, self.last_connect = 0, 0.0  # connections opened, the latest's time
         trace_config = aiohttp.TraceConfig()
@@ -164,9 +182,15 @@ class Phone:
         attrs = {"d11.dns.mode": self.mode, "d11.dns.names": ",".join(missing),
                  "client.address": self.address}  # fmt: skip
         with client_span(f"DNS {self.mode}", attrs) as (span, carrier):
+            found = None
             if self.mode == "httpdns":
-                found = await self._httpdns(missing, carrier)
-            else:
+                try:
+                    found = await self._httpdns(missing, carrier)
+                except StepError:
+                    # As the vendors' SDKs do: HTTPDNS failing, ask the system's LocalDNS.
+                    journey.fallbacks += 1
+                    span.set_attribute("d11.dns.fallback", "localdns")
+            if found is None:
                 found = dict(
                     zip(
                         missing, await asyncio.gather(*(self._udp(n) for n in missing)), strict=True
@@ -188,7 +212,8 @@ class Phone:
         query = DNSRecord.question(name, "A")
         query.header.id = secrets.randbelow(65536)
         loop = asyncio.get_running_loop()
-        for _ in range(2):
+        # A stub resolver's retries: a resolver that restarts is back within a second or two.
+        for wait in (0.5, 1.0, 1.5):
             reply: asyncio.Future[bytes] = loop.create_future()
             transport, _ = await loop.create_datagram_endpoint(
                 lambda future=reply: _Receiver(future),
@@ -197,9 +222,12 @@ class Phone:
             )
             try:
                 transport.sendto(bytes(query.pack()))
-                async with asyncio.timeout(2.0):
+                async with asyncio.timeout(wait):
                     data = await reply
             except TimeoutError:
+                continue
+            except OSError:  # ICMP port unreachable: nobody listens there right now
+                await asyncio.sleep(wait)
                 continue
             finally:
                 transport.close()
@@ -216,8 +244,11 @@ class Phone:
         url = f"http://{self.httpdns}/d"
         query = {"dn": ",".join(names), "ttl": "1"}
         try:
-            async with self.session.get(url, params=query, headers=carrier) as r:
+            timeout = aiohttp.ClientTimeout(total=2.0, connect=0.5)
+            async with self.session.get(url, params=query, headers=carrier, timeout=timeout) as r:
                 text = await r.text()
+                if r.status != 200:
+                    raise StepError("dns", f"httpdns: HTTP {r.status}")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise StepError("dns", f"httpdns: {exc}") from None
         lines = text.splitlines() if len(names) > 1 else [f"{names[0]}.:{text}"]
@@ -255,23 +286,23 @@ class Phone:
 
     async def _journey(self, journey: Journey, order: bool, image_index: int) -> None:
         found = await self.resolve(journey, (API_NAME, IMG_NAME))
-        journey.api_address = api = found[API_NAME][0]
-        journey.edge = edge = found[IMG_NAME][0]
-        base = f"https://{api}:{HTTPS_PORT}"
+        self.api_addresses = found[API_NAME]
+        journey.api_address = found[API_NAME][0]
+        journey.edge = found[IMG_NAME][0]
         connects = self.connects
-        item = await self._json("GET", f"{base}/api/items/{journey.item_id}", journey, "item")
+        item = await self._json("GET", f"/api/items/{journey.item_id}", journey, "item")
         if self.connects > connects:  # this request opened the connection: TCP + TLS
             journey.steps["tls"] = self.last_connect
         images = item.get("images") or []
         if images:
-            await self._image(journey, images[min(image_index, len(images) - 1)], edge)
+            await self._image(journey, images[min(image_index, len(images) - 1)])
         if not order:
             journey.outcome = "browse"
             return
         journey.key = str(uuid.uuid4())
         body = order_body(self.user, journey.item_id, self.coupon)
         placed = await self._json(
-            "POST", f"{base}/api/orders", journey, "order", body=body,
+            "POST", "/api/orders", journey, "order", body=body,
             headers={"Idempotency-Key": journey.key, "X-Order-Protocol": journey.protocol},
         )  # fmt: skip
         if journey.status == 409:
@@ -281,13 +312,27 @@ class Phone:
             journey.outcome = f"http-{journey.status}"
             return
         journey.order_id = str(placed.get("order_id", ""))
-        back = await self._json("GET", f"{base}/api/orders/{journey.order_id}", journey, "read")
+        back = await self._json("GET", f"/api/orders/{journey.order_id}", journey, "read")
         journey.outcome = "ok" if back.get("order_id") == journey.order_id else "lost"
+
+    async def _retrying(self, journey: Journey, attempt) -> Any:
+        """Run ``attempt(n)`` until it succeeds, as the app does: on a network fault or a
+        gateway's 502/503/504 (raised as _Retryable) it waits a jittered backoff and goes
+        again; the last failure is raised."""
+        for n in range(RETRY_ATTEMPTS):
+            try:
+                return await attempt(n)
+            except (_Retryable, aiohttp.ClientConnectionError, TimeoutError, OSError):
+                if n == RETRY_ATTEMPTS - 1:
+                    raise
+            journey.retries += 1
+            await asyncio.sleep(RETRY_BACKOFF_S[n] * (0.5 + secrets.randbelow(1000) / 1000))
+        raise AssertionError("unreachable")
 
     async def _json(
         self,
         method: str,
-        url: str,
+        path: str,
         journey: Journey,
         step: str,
         *,
@@ -295,19 +340,32 @@ class Phone:
         headers: dict[str, str] | None = None,
     ) -> dict:
         started = time.perf_counter()
-        attrs = {"http.request.method": method, "url.full": url,
-                 "server.address": journey.api_address, "server.port": HTTPS_PORT}  # fmt: skip
-        with client_span(f"{method} {step}", attrs) as (span, carrier):
-            send = {"Host": API_NAME, "X-User-Id": self.user, **(headers or {}), **carrier}
-            async with self.session.request(
-                method, url, json=body, headers=send, server_hostname=API_NAME
-            ) as r:
-                data = await r.read()
-                span.set_attribute("http.response.status_code", r.status)
-                if step == "order":
-                    journey.status = r.status
-                elif r.status != 200:
-                    raise StepError(f"{step}-{r.status}")
+
+        async def attempt(n: int) -> tuple[int, bytes]:
+            # The next address the name resolved to, for each new try.
+            api = self.api_addresses[(self.api_addresses.index(journey.api_address) + n)
+                                     % len(self.api_addresses)]  # fmt: skip
+            url = f"https://{api}:{HTTPS_PORT}{path}"
+            attrs = {"http.request.method": method, "url.full": url, "server.address": api,
+                     "server.port": HTTPS_PORT, "d11.phone.attempt": n + 1}  # fmt: skip
+            timeout = aiohttp.ClientTimeout(total=ATTEMPT_TIMEOUT_S.get(method, 4.0), connect=1.0)
+            with client_span(f"{method} {step}", attrs) as (span, carrier):
+                send = {"Host": API_NAME, "X-User-Id": self.user, **(headers or {}), **carrier}
+                async with self.session.request(
+                    method, url, json=body, headers=send, server_hostname=API_NAME,
+                    timeout=timeout,
+                ) as r:  # fmt: skip
+                    data = await r.read()
+                    span.set_attribute("http.response.status_code", r.status)
+                    if r.status in RETRY_STATUSES and n < RETRY_ATTEMPTS - 1:
+                        raise _Retryable(r.status)
+                    return r.status, data
+
+        status, data = await self._retrying(journey, attempt)
+        if step == "order":
+            journey.status = status
+        elif status != 200:
+            raise StepError(f"{step}-{status}")
         journey.steps[step] = time.perf_counter() - started
         try:
             parsed = json.loads(data) if data else {}
@@ -315,21 +373,34 @@ class Phone:
             raise StepError(f"{step}-bad-json") from None
         return parsed if isinstance(parsed, dict) else {}
 
-    async def _image(self, journey: Journey, signed: str, edge: str) -> None:
-        """The image from the edge the CDN's GSLB gave this phone (Host keeps the name)."""
-        url = signed.replace(f"//{IMG_NAME}", f"//{edge}", 1)
+    async def _image(self, journey: Journey, signed: str) -> None:
+        """The image from the edge the CDN's GSLB gave this phone (Host keeps the name);
+        after a failure the name is resolved again (the GSLB leaves a dead edge out)."""
         started = time.perf_counter()
-        attrs = {"http.request.method": "GET", "url.full": signed, "server.address": edge}
-        with client_span("CDN GET", attrs) as (span, carrier):
-            async with self.session.get(
-                url, headers={"Host": IMG_NAME, "Referer": REFERER, **carrier}
-            ) as r:
-                await r.read()
-                journey.cdn_cache = r.headers.get("X-Cache", "")
-                journey.cdn_chain = r.headers.get("X-Cache-Chain", "")
-                span.set_attribute("http.response.status_code", r.status)
-                span.set_attribute("d11.cdn.cache", journey.cdn_cache)
-                span.set_attribute("d11.cdn.chain", journey.cdn_chain)
-                if r.status != 200:
-                    raise StepError(f"cdn-{r.status}")
+
+        async def attempt(n: int) -> None:
+            if n:
+                self.dns_cache.pop(IMG_NAME, None)
+                journey.edge = (await self.resolve(journey, (IMG_NAME,)))[IMG_NAME][0]
+            url = signed.replace(f"//{IMG_NAME}", f"//{journey.edge}", 1)
+            attrs = {"http.request.method": "GET", "url.full": signed,
+                     "server.address": journey.edge, "d11.phone.attempt": n + 1}  # fmt: skip
+            timeout = aiohttp.ClientTimeout(total=ATTEMPT_TIMEOUT_S["GET"], connect=1.0)
+            with client_span("CDN GET", attrs) as (span, carrier):
+                async with self.session.get(
+                    url, headers={"Host": IMG_NAME, "Referer": REFERER, **carrier},
+                    timeout=timeout,
+                ) as r:  # fmt: skip
+                    await r.read()
+                    journey.cdn_cache = r.headers.get("X-Cache", "")
+                    journey.cdn_chain = r.headers.get("X-Cache-Chain", "")
+                    span.set_attribute("http.response.status_code", r.status)
+                    span.set_attribute("d11.cdn.cache", journey.cdn_cache)
+                    span.set_attribute("d11.cdn.chain", journey.cdn_chain)
+                    if r.status in RETRY_STATUSES and n < RETRY_ATTEMPTS - 1:
+                        raise _Retryable(r.status)
+                    if r.status != 200:
+                        raise StepError(f"cdn-{r.status}")
+
+        await self._retrying(journey, attempt)
         journey.steps["cdn"] = time.perf_counter() - started

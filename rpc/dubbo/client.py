@@ -111,8 +111,10 @@ class DubboClient(BalancedClient):
         with client_span(f"{self.path}/{method}", attributes) as (span, carrier):
             connection = await self._connection(endpoint)
             args, descriptor = request
+            # The deadline travels as Dubbo's own `timeout` attachment (milliseconds).
+            attachments = {**carrier, "timeout": str(max(1, int(timeout * 1000)))}
             body = codec.encode_invocation(
-                Invocation(method, self.path, self.version, list(args), descriptor, dict(carrier))
+                Invocation(method, self.path, self.version, list(args), descriptor, attachments)
             )
             request_id = next(self._ids)
             future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()

@@ -21,6 +21,7 @@ from typing import Any
 from infra.http1 import metrics_listener
 from infra.service import Context, PortInUse, is_addr_in_use
 from infra.telemetry import mark_error, server_span
+from rpc import deadline
 from rpc.dubbo import codec
 from rpc.dubbo.codec import Frame, Invocation, Status
 from rpc.dubbo.hessian2 import HessianError
@@ -170,7 +171,9 @@ class DubboServer:
         }
         with server_span(f"{invocation.path}/{invocation.method}", carrier, attributes) as span:
             try:
-                value = await method(*invocation.args)
+                # Dubbo consumers send their timeout (ms) as an attachment: the call's deadline.
+                with deadline.scope(deadline.parse_ms(invocation.attachments.get("timeout"))):
+                    value = await method(*invocation.args)
             except DomainError as error:
                 span.set_attribute("d11.error_code", error.code.value)
                 mark_error(span, str(error))

@@ -106,7 +106,9 @@ class SoapOrderClient(BalancedClient):
         with client_span(f"OrderService/{method}", attributes) as (span, carrier):
             operation = getattr(self._service(endpoint), method)
             kwargs = self._arguments(method, request)
-            headers = {"traceparent": carrier["traceparent"]} if "traceparent" in carrier else {}
+            headers: dict[str, Any] = {"timeoutMs": max(1, int(timeout * 1000))}
+            if "traceparent" in carrier:
+                headers["traceparent"] = carrier["traceparent"]
             try:
                 reply = await asyncio.wait_for(operation(**kwargs, _soapheaders=headers), timeout)
             except Fault as fault:

@@ -25,6 +25,7 @@ from defusedxml.ElementTree import fromstring
 from infra.http import HttpServer, make_app
 from infra.service import Component, Context, run
 from infra.telemetry import mark_error, server_span
+from rpc import deadline
 from rpc.discovery import registration
 from rpc.errors import Code, DomainError
 from services.order_store import OrderRow
@@ -264,9 +265,11 @@ def routes(soap: OrderSoap, ctx: Context) -> web.RouteTableDef:
             }
             with server_span(f"OrderService/{operation_name}", carrier, attributes) as span:
                 span.set_attribute("rpc.request.size", len(raw))
+                timeout = header.find(q("timeoutMs")) if header is not None else None
                 try:
                     response = ET.Element(q(f"{operation_name}Response"))
-                    await operation(wrapper, response)
+                    with deadline.scope(deadline.parse_ms(getattr(timeout, "text", None))):
+                        await operation(wrapper, response)
                 except DomainError as error:
                     mark_error(span, str(error))
                     raise Fault(error.code, error.message) from None

@@ -12,6 +12,9 @@ servers), as a real LocalDNS does:
 * sends each upstream query from a fresh socket (a random source port) with a random id,
   and accepts only a reply from the server asked, with that id and question;
 * tries every address of a zone's servers with a timeout, twice, then gives SERVFAIL;
+* serves stale data (RFC 8767): when no server of a zone answers, an expired answer (up
+  to ``STALE_MAX_S`` past its TTL) is given with a TTL of 30 s rather than SERVFAIL, so
+  an outage of the authoritative side does not become the phones' outage;
 * forwards the client's subnet (RFC 7871 Client Subnet, the client's /24, or the one the
   client sent) so a GSLB can answer for the client rather than for the resolver, and
   caches tailored answers per subnet (the SCOPE the server set). ``D11_ECS=off`` makes a
@@ -56,6 +59,10 @@ MAX_CNAMES = 8
 QUERY_TIMEOUT = 0.8
 ROUNDS = 2
 CACHE_LIMIT = 100_000
+# RFC 8767: how long past expiry an answer may still be served when the authority is
+# unreachable (the RFC suggests 1-3 days), and the TTL a stale answer is given.
+STALE_MAX_S = 86_400
+STALE_TTL = 30
 
 Name = tuple[bytes, ...]
 
@@ -76,6 +83,7 @@ class Outcome:
     rcode: int
     answer: list[RR]
     authority: list[RR]
+    stale: bool = False
 
 
 class ServFail(Exception):
@@ -84,6 +92,10 @@ class ServFail(Exception):
 
 def _decayed(rrs: list[RR], ttl: int) -> list[RR]:
     return [RR(rr.rname, rr.rtype, rr.rclass, min(rr.ttl, ttl), rr.rdata) for rr in rrs]
+
+
+def _with_ttl(rrs: list[RR], ttl: int) -> list[RR]:
+    return [RR(rr.rname, rr.rtype, rr.rclass, ttl, rr.rdata) for rr in rrs]
 
 
 def ecs_option(subnet: tuple[str, int]) -> EDNSOption:
@@ -192,8 +204,13 @@ class Resolver:
                 return min(rr.ttl for rr in entry.records)
         return None
 
-    def _cached(self, name: Name, qtype: int, subnet: tuple[str, int] | None) -> Outcome | None:
+    def _cached(
+        self, name: Name, qtype: int, subnet: tuple[str, int] | None, *, stale: bool = False
+    ) -> Outcome | None:
+        """A cached outcome; ``stale``: one expired less than STALE_MAX_S ago, given the
+        stale TTL (the authority could not be reached)."""
         now = time.monotonic()
+        horizon = now - STALE_MAX_S if stale else now
 
         def scope_keys() -> Iterator[str]:
             yield ""  # answers good for everyone first; tailored ones only if none
@@ -205,14 +222,15 @@ class Resolver:
         for scope_key in scope_keys():
             for t in (qtype, QTYPE.CNAME):
                 entry = self.cache.get((name, t, scope_key))
-                if entry is None or entry.expires <= now:
+                if entry is None or entry.expires <= horizon:
                     continue
-                ttl = entry.ttl_left(now)
+                records = (_with_ttl(entry.records, STALE_TTL) if stale
+                           else _decayed(entry.records, entry.ttl_left(now)))  # fmt: skip
                 if entry.negative:
                     if t != qtype:
                         continue
-                    return Outcome(entry.rcode, [], _decayed(entry.records, ttl))
-                return Outcome(RCODE.NOERROR, _decayed(entry.records, ttl), [])
+                    return Outcome(entry.rcode, [], records, stale)
+                return Outcome(RCODE.NOERROR, records, [], stale)
         return None
 
     async def _resolve_one(self, name: Name, qtype: int, subnet: tuple[str, int] | None) -> Outcome:
@@ -226,7 +244,14 @@ class Resolver:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self.inflight[flight_key] = future
         try:
-            outcome = await self._iterate(name, qtype, subnet)
+            try:
+                outcome = await self._iterate(name, qtype, subnet)
+            except ServFail:
+                stale = self._cached(name, qtype, subnet, stale=True)
+                if stale is None:
+                    raise
+                log.warning("serving stale", extra={"qname": str(DNSLabel(list(name)))})
+                outcome = stale
             future.set_result(outcome)
             return outcome
         except BaseException as exc:
@@ -327,7 +352,9 @@ class Resolver:
     def _trim(self) -> None:
         if len(self.cache) >= CACHE_LIMIT:
             now = time.monotonic()
-            self.cache = {k: e for k, e in self.cache.items() if e.expires > now}
+            self.cache = {k: e for k, e in self.cache.items() if e.expires > now - STALE_MAX_S}
+            if len(self.cache) >= CACHE_LIMIT:
+                self.cache = {k: e for k, e in self.cache.items() if e.expires > now}
             if len(self.cache) >= CACHE_LIMIT:
                 self.cache.clear()
 

@@ -6,6 +6,7 @@ status [--json]           one row per host: address, pid, health, memory
 logs [HOST] [-f]          service logs (JSON lines), pretty-printed or --raw
 trace [TRACE_ID]          a trace's waterfall in the terminal (no id: recent traces)
 test [PYTEST ARGS]        the whole test suite
+chaos [--fault kill|hang] faults during a flash sale, and what they cost
 """
 
 from __future__ import annotations
@@ -336,6 +337,12 @@ def cmd_load(args: argparse.Namespace, rest: list[str]) -> int:
     return load_main(rest)
 
 
+def cmd_chaos(args: argparse.Namespace, rest: list[str]) -> int:
+    from services.chaos import main as chaos_main
+
+    return chaos_main(rest)
+
+
 def cmd_compose(args: argparse.Namespace, rest: list[str]) -> int:
     from infra.compose import main as compose_main
 
@@ -350,6 +357,7 @@ def cmd_docker(args: argparse.Namespace, rest: list[str]) -> int:
 
 PASSTHROUGH = (
     ("load", "drive a flash sale with simulated phones, then audit it (see --help)", cmd_load),
+    ("chaos", "kill or hang processes during a load; report failures and recovery", cmd_chaos),
     ("compose", "render compose.yaml and docker/ from the topology (--check)", cmd_compose),
     ("docker", "Docker mode where no registry answers: build, up, down, compose", cmd_docker),
 )

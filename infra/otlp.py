@@ -16,7 +16,10 @@ Jaeger or any OTLP backend:
 * ``OTEL_EXPORTER_OTLP[_TRACES]_CERTIFICATE`` (a CA file for an https endpoint).
 
 Failures are logged and the batch dropped, with one reconnect for a connection the
-collector closed; a 429/502/503/504 is retried once after a short pause.
+collector closed; a 429/502/503/504 is retried once after a short pause. Spans dropped
+are counted (:func:`dropped`, ``d11_spans_dropped_total`` on every ``/metrics``). Export
+runs on the batch processor's thread, so a dead or hung collector never holds a request:
+the processor's queue fills and drops instead.
 """
 
 from __future__ import annotations
@@ -37,6 +40,20 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 log = logging.getLogger("d11.otlp")
 RETRYABLE = frozenset({429, 502, 503, 504})
+
+_dropped = 0
+_dropped_lock = threading.Lock()
+
+
+def dropped() -> int:
+    """Spans this process's exporters gave up on (collector down, refused, too slow)."""
+    return _dropped
+
+
+def _count_dropped(n: int) -> None:
+    global _dropped
+    with _dropped_lock:
+        _dropped += n
 
 
 def _setting(env: Mapping[str, str], name: str) -> str | None:
@@ -111,6 +128,12 @@ class SpanExporterHTTP(SpanExporter):
             self.connection = None
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = self._export(spans)
+        if result is not SpanExportResult.SUCCESS:
+            _count_dropped(len(spans))
+        return result
+
+    def _export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self.closed:
             return SpanExportResult.FAILURE
         body = encode_spans(spans).SerializePartialToString()

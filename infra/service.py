@@ -23,7 +23,7 @@ from opentelemetry import trace
 
 from infra.config import ConfigError, Settings
 from infra.logs import setup_logging
-from infra.telemetry import Metrics, host_tracer, setup_tracing
+from infra.telemetry import Metrics, host_scope, host_tracer, setup_tracing
 
 log = logging.getLogger("d11.service")
 
@@ -170,14 +170,14 @@ async def _serve(hosts: list[tuple[Context, Builder]], grace: float) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    components: list[Component] = []
-    for ctx, build in hosts:
-        components += await build(ctx)
     started: list[Component] = []
     try:
-        for component in components:
-            await component.start()
-            started.append(component)
+        for ctx, build in hosts:
+            # A host's servers, clients and tasks inherit its tracer (infra.group).
+            with host_scope(ctx.tracer):
+                for component in await build(ctx):
+                    await component.start()
+                    started.append(component)
         for ctx, _ in hosts:
             s = ctx.settings
             log.info("ready", extra={"host": s.name, "role": s.role, "address": s.address,

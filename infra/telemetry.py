@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -25,7 +26,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from infra.config import Settings
 
@@ -49,6 +50,24 @@ _TRACER_NAME = "double-11"
 # The W3C trace context headers: a proxy that traces sends its own, not the caller's.
 TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 _tracer: trace.Tracer | None = None  # set by setup_tracing; None = tracing off
+# Several hosts in one process (infra.group): each host's components are built and started
+# with its own tracer here, and the servers, clients and tasks they start inherit it, so a
+# span is the host's without every call site passing a tracer.
+_host_tracer: ContextVar[trace.Tracer | None] = ContextVar("d11_host_tracer", default=None)
+
+
+@contextmanager
+def host_scope(tracer: trace.Tracer | None) -> Iterator[None]:
+    """Everything started inside (servers, client channels, tasks) traces as this host."""
+    token = _host_tracer.set(tracer)
+    try:
+        yield
+    finally:
+        _host_tracer.reset(token)
+
+
+def _current() -> trace.Tracer | None:
+    return _host_tracer.get() or _tracer
 
 
 def setup_tracing(settings: Settings, *, install: bool = True) -> TracerProvider | None:
@@ -87,11 +106,11 @@ def host_tracer(provider: TracerProvider) -> trace.Tracer:
 
 
 def tracing_enabled() -> bool:
-    return _tracer is not None
+    return _current() is not None
 
 
 def tracer() -> trace.Tracer:
-    return _tracer or trace.get_tracer(_TRACER_NAME)
+    return _current() or trace.get_tracer(_TRACER_NAME)
 
 
 def format_trace_id(span: Span | None = None) -> str:
@@ -119,7 +138,7 @@ def server_span(
 ) -> Iterator[Span]:
     """A SERVER span continuing the trace found in an incoming carrier. ``tracer``: the
     host's own (several hosts in one process), else the process's."""
-    chosen = tracer or _tracer
+    chosen = tracer or _current()
     if chosen is None:  # tracing off: no span objects, no context switches
         yield trace.INVALID_SPAN
         return
@@ -145,7 +164,7 @@ def client_span(
 ) -> Iterator[tuple[Span, dict[str, str]]]:
     """A CLIENT span and the carrier (headers/metadata) to send with the outgoing call.
     With tracing off the carrier is empty: callers pass on what they received instead."""
-    chosen = tracer or _tracer
+    chosen = tracer or _current()
     if chosen is None:
         yield trace.INVALID_SPAN, {}
         return
@@ -161,10 +180,11 @@ def client_span(
 def child_span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Span]:
     """A CLIENT span only inside a trace already under way (say, an HTTPDNS request that
     brought a traceparent); work with no trace to join starts none."""
-    if _tracer is None or not trace.get_current_span().get_span_context().is_valid:
+    chosen = _current()
+    if chosen is None or not trace.get_current_span().get_span_context().is_valid:
         yield trace.INVALID_SPAN
         return
-    with _tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes) as span:
+    with chosen.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes) as span:
         yield span
 
 
@@ -191,6 +211,13 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=self.registry,
         )
+        from infra import otlp
+
+        Gauge(
+            "d11_spans_dropped_total",
+            "Spans this process's exporters dropped (the collector down, refusing or slow).",
+            registry=self.registry,
+        ).set_function(otlp.dropped)
         self.service = service
         # labels() hashes and locks on every call; the children are few, so keep them.
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}

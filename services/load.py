@@ -204,6 +204,7 @@ class Run:
             await phone.purchase(journey, order=order)
         finally:
             self.in_flight -= 1
+        journey.due = due - self.started
         journey.total = time.monotonic() - due  # from when it was due: queueing counts
         self.journeys.append(journey)
 
@@ -449,6 +450,17 @@ def print_report(r: dict, console: Console) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> int:
+    report = await execute(args)
+    report.pop("journeys")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report, Console())
+    return 0 if report["audit"]["passed"] else 1
+
+
+async def execute(args: argparse.Namespace, *, live: bool | None = None) -> dict[str, Any]:
+    """One audited run; the report as a dict (``./d11 chaos`` runs it beside its faults)."""
     topology = topo.load()
     ca = pki_dir(os.environ, run_dir()) / "ca.crt"
     if not ca.exists():
@@ -474,7 +486,7 @@ async def main_async(args: argparse.Namespace) -> int:
         phones = run.phones(ca)
         try:
             started = time.monotonic()
-            if args.json:
+            if args.json or live is False:
                 await run.drive(phones)
             else:
                 # The table is drawn at each refresh (4 a second), not after every visit.
@@ -491,13 +503,10 @@ async def main_async(args: argparse.Namespace) -> int:
             audit = {"passed": False, "error": str(exc), "checks": {}, "items": {},
                      "acknowledged": 0, "missing": [], "replayed": 0}  # fmt: skip
     report = run.report(elapsed, cdn_before, cdn_after, audit)
+    report["journeys"] = run.journeys  # for a caller's own analysis; not printed
     if provider is not None:
         provider.shutdown()
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_report(report, Console())
-    return 0 if audit["passed"] else 1
+    return report
 
 
 def parser() -> argparse.ArgumentParser:

@@ -97,6 +97,7 @@ class Journey:
     total: float = 0.0
     retries: int = 0  # requests sent again (same Idempotency-Key) after a fault
     fallbacks: int = 0  # HTTPDNS failed and LocalDNS answered instead
+    due: float = 0.0  # seconds into the run when the visit was due
 
 
 class _Receiver(asyncio.DatagramProtocol):

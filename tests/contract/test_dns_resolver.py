@@ -193,4 +193,54 @@ def test_random_and_mutated_packets_crash_no_resolver(stack: Stack):
     for server in servers:
         out = dig("+time=5", f"@{server}", "www.shop.example", "A")
         assert status(out) == "NOERROR", out
-        assert section(out, "ANSWER")[-1][4] in ("127.10.0.10", "127.10.0.11"), out
+        east = ("127.10.0.10", "127.10.0.11", "127.10.0.14", "127.10.0.15")
+        assert section(out, "ANSWER")[-1][4] in east, out
+
+
+STALE_ROOT = """$ORIGIN .
+$TTL 2
+@            IN SOA a.root.stale. hostmaster.stale. ( 1 60 60 600 2 )
+@            IN NS  a.root.stale.
+a.root.stale. IN A  127.20.8.1
+www.stale.   2 IN A 127.9.9.9
+"""
+
+
+def test_stale_answers_are_served_when_the_authority_is_unreachable(tmp_path):
+    """RFC 8767: a private root serving one name with a 2 s TTL, and a resolver whose root
+    hints point at it. Once the root is gone and the TTL has run out, the resolver answers
+    with the expired record and a 30 s TTL instead of SERVFAIL; a name it never saw is
+    still SERVFAIL."""
+    zone = tmp_path / "stale-root.zone"
+    zone.write_text(STALE_ROOT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("D11_", "OTEL_"))}
+    env.update(PYTHONPATH=str(ROOT), OTEL_TRACES_EXPORTER="none", D11_PORT="53",
+               D11_RUN_DIR=str(tmp_path / "run"))  # fmt: skip
+
+    def start(module: str, **extra: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env={**env, **extra},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    root = start("dns.auth", D11_ADDRESS="127.20.8.1", D11_ZONES=str(zone), D11_SERVICE="r")
+    resolver = start("dns.resolver", D11_ADDRESS="127.20.8.2", D11_ROOT_HINTS="127.20.8.1",
+                     D11_SERVICE="res")  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            out = dig("+tries=1", "+time=1", "@127.20.8.2", "www.stale", "A")
+            if "status: NOERROR" in out or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert section(out, "ANSWER") == [["www.stale.", "2", "IN", "A", "127.9.9.9"]]
+        root.kill()
+        root.wait(5)
+        time.sleep(2.5)  # past the TTL
+        stale = dig("+tries=1", "+time=5", "@127.20.8.2", "www.stale", "A")
+        assert status(stale) == "NOERROR", stale
+        assert section(stale, "ANSWER") == [["www.stale.", "30", "IN", "A", "127.9.9.9"]]
+        never = dig("+tries=1", "+time=5", "@127.20.8.2", "other.stale", "A")
+        assert status(never) == "SERVFAIL"
+    finally:
+        for p in (root, resolver):
+            p.kill()
+            p.wait(5)

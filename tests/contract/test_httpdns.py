@@ -17,7 +17,12 @@ from tests.conftest import Stack
 
 # api.shop.example for telecom's east region (and for addresses the IP database does not
 # know, which get the policy's default): dns/gslb/api.yaml.
-EAST = {"127.10.0.10", "127.10.0.11"}
+# The east entries of the api GSLB, on both gateways; an answer holds two of them.
+EAST = {"127.10.0.10", "127.10.0.11", "127.10.0.14", "127.10.0.15"}
+
+
+def _two_of_east(ips) -> bool:
+    return len(set(ips)) == 2 and set(ips) <= EAST
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +38,10 @@ def test_dnspod_single_batch_ttl_and_clientip(base, http):
     ips, rest = r.text.split(",")
     ttl, client = rest.split("|")
     # telecom, east: the GSLB's two entries for that region.
-    assert set(ips.split(";")) == EAST and 0 < int(ttl) <= 20 and client == "127.100.1.9"
+    assert _two_of_east(ips.split(";")) and 0 < int(ttl) <= 20 and client == "127.100.1.9"
     batch = http.get(f"{base}/d", params={"dn": "api.shop.example,nothing.shop.example"})
     api, nothing = batch.text.splitlines()
-    assert api.startswith("api.shop.example.:") and set(api.split(":")[1].split(";")) == EAST
+    assert api.startswith("api.shop.example.:") and _two_of_east(api.split(":")[1].split(";"))
     assert nothing == "nothing.shop.example.:0"
     assert http.get(f"{base}/d", params={"dn": "bad..name"}).text == ""
     assert http.get(f"{base}/d", params={"dn": "api.shop.example", "ip": "nope"}).text == ""
@@ -46,11 +51,11 @@ def test_alibaba_d_and_batch(base, http):
     r = http.get(f"{base}/100000/d", params={"host": "www.shop.example", "ip": "127.100.2.7"})
     body = r.json()
     assert r.status_code == 200 and body["host"] == "www.shop.example"
-    assert set(body["ips"]) == EAST and body["client_ip"] == "127.100.2.7"
+    assert _two_of_east(body["ips"]) and body["client_ip"] == "127.100.2.7"
     assert 0 < body["ttl"] <= body["origin_ttl"] == 20  # the GSLB's short TTL
     batch = http.get(f"{base}/100000/resolve", params={"host": "api.shop.example,img.shop.example"})
     hosts = {d["host"]: d["ips"] for d in batch.json()["dns"]}
-    assert set(hosts["api.shop.example"]) == EAST and hosts["img.shop.example"] == ["127.30.1.1"]
+    assert _two_of_east(hosts["api.shop.example"]) and hosts["img.shop.example"] == ["127.30.1.1"]
 
 
 def test_alibaba_errors(base, http):
@@ -73,7 +78,7 @@ def test_signed_requests_with_the_published_example(base, http):
     t = str(int(time.time()) + 600)
     s = hashlib.md5(f"api.shop.example-IAmASecret-{t}".encode()).hexdigest()
     ok = http.get(f"{base}/100000/sign_d", params={"host": "api.shop.example", "t": t, "s": s})
-    assert ok.status_code == 200 and set(ok.json()["ips"]) == EAST
+    assert ok.status_code == 200 and _two_of_east(ok.json()["ips"])
 
 
 def _doh_query(name: str) -> bytes:

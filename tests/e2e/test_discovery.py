@@ -3,6 +3,7 @@ it is killed it stops getting traffic within a few seconds."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -18,7 +19,7 @@ def test_a_new_instance_takes_traffic_and_a_dead_one_stops_getting_it(stack: Sta
     env = one_host_env(
         tmp_path,
         {
-            "name": "order-grpc-2",
+            "name": "order-grpc-extra",
             "role": "order-grpc",
             "address": "127.10.9.33",
             "port": main.port,
@@ -34,8 +35,10 @@ def test_a_new_instance_takes_traffic_and_a_dead_one_stops_getting_it(stack: Sta
     )
     d11("up", "--detach", env=env)
     registry = stack.url("registry", "/v1/services/order-grpc")
+    base = len(stack.topology.by_role("order-grpc"))
     try:
-        wait_for(lambda: len(http.get(registry).json()["instances"]) == 2, what="registration")
+        wait_for(lambda: len(http.get(registry).json()["instances"]) == base + 1,
+                 what="registration")  # fmt: skip
         time.sleep(1.5)  # controllers poll the registry every second
 
         def place() -> int:
@@ -52,11 +55,14 @@ def test_a_new_instance_takes_traffic_and_a_dead_one_stops_getting_it(stack: Sta
         assert statuses == [201] * 20
         assert 'operation="PlaceOrder",outcome="OK"' in http.get(metrics).text
 
-        record = PidDir(tmp_path / "run" / "pids").read_all()["order-grpc-2"]
+        # Its supervisor first, or it would bring the instance straight back.
+        supervisor = json.loads((tmp_path / "run" / "supervisor" / "pid.json").read_text())
+        os.kill(supervisor["pid"], signal.SIGKILL)
+        record = PidDir(tmp_path / "run" / "pids").read_all()["order-grpc-extra"]
         os.killpg(record.pid, signal.SIGKILL)
         killed_at = time.monotonic()
         wait_for(
-            lambda: len(http.get(registry).json()["instances"]) == 1,
+            lambda: len(http.get(registry).json()["instances"]) == base,
             timeout=10,
             what="eviction of the dead instance",
         )

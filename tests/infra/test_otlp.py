@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,7 +16,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 
-from infra.otlp import SpanExporterHTTP, endpoint
+from infra.otlp import SpanExporterHTTP, dropped, endpoint
 
 
 class Recorder(ThreadingHTTPServer):
@@ -111,8 +112,9 @@ def test_retries_once_on_503_then_gives_up_on_errors(recorder: Recorder) -> None
     tracer = provider.get_tracer("t")
     with tracer.start_as_current_span("refused") as span:
         pass
+    before = dropped()
     assert exporter.export([span]) is SpanExportResult.FAILURE  # type: ignore[list-item]
-    assert len(recorder.requests) == 3  # a 400 is not retried
+    assert dropped() == before + 1
 
 
 def test_unreachable_collector_fails_softly() -> None:
@@ -121,7 +123,64 @@ def test_unreachable_collector_fails_softly() -> None:
     provider = TracerProvider()
     with provider.get_tracer("t").start_as_current_span("lost") as span:
         pass
+    before = dropped()
     assert exporter.export([span]) is SpanExportResult.FAILURE  # type: ignore[list-item]
+    assert dropped() == before + 1
+
+
+def test_a_hung_collector_never_holds_a_request_and_drops_are_counted(tmp_path) -> None:
+    """A controller whose collector accepts connections and never answers (as a SIGSTOPped
+    one does): its requests take no longer than usual, and /metrics counts what was lost."""
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    from infra import ROOT
+    from tests.conftest import stack_env, wait_for
+
+    hung = socket.socket()
+    hung.bind(("127.10.8.60", 0))
+    hung.listen(64)  # accepted by the kernel, never read
+    env = stack_env(tmp_path / "run")
+    env.update(PYTHONPATH=str(ROOT), D11_ADDRESS="127.10.8.61", D11_PORT="8080",
+               D11_ORDER_GRPC="127.10.8.99:1", D11_INVENTORY="127.10.8.99:2",
+               D11_COUPON="127.10.8.99:3", OTEL_BSP_SCHEDULE_DELAY="50",
+               OTEL_EXPORTER_OTLP_TIMEOUT="300",
+               OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.10.8.60:{hung.getsockname()[1]}",
+               )  # fmt: skip
+    service = subprocess.Popen([sys.executable, "-m", "services.controller"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        with httpx.Client(timeout=5, trust_env=False) as client:
+            base = "http://127.10.8.61:8080"
+            wait_for(lambda: _ok(client, base + "/healthz"), timeout=20, what="the controller")
+            took = []
+            for _ in range(40):
+                started = time.perf_counter()
+                assert client.get(base + "/openapi.json").status_code == 200
+                took.append(time.perf_counter() - started)
+            assert max(took) < 0.25, max(took)
+
+            def counted() -> float:
+                text = client.get(base + "/metrics").text
+                line = next(x for x in text.splitlines()
+                            if x.startswith("d11_spans_dropped_total"))  # fmt: skip
+                return float(line.split()[-1])
+
+            wait_for(lambda: counted() > 0, timeout=15, what="dropped spans to be counted")
+    finally:
+        service.kill()
+        service.wait(5)
+        hung.close()
+
+
+def _ok(client, url: str) -> bool:
+    try:
+        return client.get(url).status_code == 200
+    except Exception:
+        return False
 
 
 def test_endpoint_resolution() -> None:

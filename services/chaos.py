@@ -1,0 +1,229 @@
+"""``./d11 chaos``: faults injected into the running stack while a flash sale runs, and what
+they cost.
+
+Every ``--every`` seconds a process of the stack (a host, or the group of hosts sharing
+it) is picked at random among ``--targets`` (roles; default: every role) and given a fault:
+
+* ``kill``: SIGKILL to its process group, as a crash or the OOM killer would. The
+  supervisor (process mode) or the engine's restart policy (Docker mode) brings it back.
+* ``hang``: SIGSTOP, then SIGCONT ``--hang`` seconds later: a process that holds its
+  connections and answers nothing, which only deadlines and retries survive.
+
+The same load runs twice in one invocation, first quiet and then under the faults, so the
+throughput is compared on the same machine at the same moment. The report: each fault
+(time, host, kind) and how long its host took to be healthy again; failed visits per
+5-second window; the failed share, the retries, visits/s against the quiet run; and each
+run's audit (nothing lost, nothing duplicated, stock conserved). Exit status 1 when an
+audit fails or a killed host did not come back.
+
+Process mode only for now: in Docker mode, ``docker kill`` and ``docker pause`` on the
+containers do the same by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from infra import topology as topo
+from infra.health import probe_all
+from infra.launcher import Launcher
+from infra.topology import Host
+from services import load
+
+WINDOW_S = 5.0
+
+
+def targets(topology: topo.Topology, roles: set[str] | None) -> list[list[Host]]:
+    """The process groups a fault may hit (a group whose hosts have one of ``roles``)."""
+    return [g for g in topology.groups() if roles is None or any(h.role in roles for h in g)]
+
+
+async def back_healthy(hosts: list[Host], since: float, limit: float) -> float | None:
+    """Seconds from ``since`` until every host of the group answers its health probe."""
+    while time.monotonic() - since < limit:
+        results = await probe_all(hosts, timeout=0.3)
+        if all(results.values()):
+            return time.monotonic() - since
+        await asyncio.sleep(0.05)
+    return None
+
+
+async def inject(args: argparse.Namespace, launcher: Launcher, started: float,
+                 faults: list[dict[str, Any]]) -> None:  # fmt: skip
+    rng = random.Random(args.seed)
+    roles = set(args.targets.split(",")) if args.targets else None
+    groups = targets(launcher.topology, roles)
+    if not groups:
+        raise SystemExit(f"no host has a role in --targets {args.targets}")
+    recoveries = []
+    await asyncio.sleep(args.every)
+    while time.monotonic() - started < args.duration - 1:
+        group = rng.choice(groups)
+        kind = rng.choice(("kill", "hang")) if args.fault == "mix" else args.fault
+        record = launcher.running().get(group[0].name)
+        fault: dict[str, Any] = {
+            "at_s": round(time.monotonic() - started, 2),
+            "host": ", ".join(h.name for h in group),
+            "kind": kind,
+        }
+        faults.append(fault)
+        if record is None:
+            fault["skipped"] = "not running"
+        else:
+            hit = time.monotonic()
+            if kind == "kill":
+                os.killpg(record.pid, signal.SIGKILL)
+            else:
+                os.killpg(record.pid, signal.SIGSTOP)
+                loop = asyncio.get_running_loop()
+                loop.call_later(args.hang, os.killpg, record.pid, signal.SIGCONT)
+            recoveries.append(asyncio.create_task(_record_back(fault, group, hit)))
+        await asyncio.sleep(args.every)
+    await asyncio.gather(*recoveries)
+
+
+async def _record_back(fault: dict[str, Any], group: list[Host], hit: float) -> None:
+    await asyncio.sleep(0.1)  # let the fault take effect before probing
+    took = await back_healthy(group, hit, 30.0)
+    fault["healthy_after_s"] = round(took, 2) if took is not None else None
+
+
+def windows(journeys: list[Any], seconds: float) -> list[dict[str, Any]]:
+    rows = []
+    for n in range(int(seconds // WINDOW_S) + 1):
+        inside = [j for j in journeys if n * WINDOW_S <= j.due < (n + 1) * WINDOW_S]
+        if inside:
+            failed = [j for j in inside if j.outcome not in load.SUCCESSES]
+            rows.append({"from_s": n * WINDOW_S, "visits": len(inside), "failed": len(failed),
+                         "errors": dict(Counter(j.outcome for j in failed))})  # fmt: skip
+    return rows
+
+
+def load_args(args: argparse.Namespace) -> argparse.Namespace:
+    return load.parser().parse_args([
+        "--scenario", args.scenario, "--protocol", args.protocol,
+        "--concurrency", str(args.concurrency), "--orders", "1000000",
+        "--duration", str(args.duration), "--stock", str(args.stock),
+        "--trace-ratio", str(args.trace_ratio), "--seed", str(args.seed), "--json",
+    ])  # fmt: skip
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    launcher = Launcher(topo.load())
+    if launcher.supervisor() is None:
+        raise SystemExit("no supervised stack is running: ./d11 up --detach first")
+    quiet = None
+    if not args.no_quiet:
+        quiet = await load.execute(load_args(args), live=False)
+    faults: list[dict[str, Any]] = []
+    started = time.monotonic()
+    chaos_load = asyncio.create_task(load.execute(load_args(args), live=False))
+    await inject(args, launcher, started, faults)
+    report = await chaos_load
+    journeys = report.pop("journeys")
+    out: dict[str, Any] = {
+        "fault": args.fault,
+        "every_s": args.every,
+        "duration_s": args.duration,
+        "faults": faults,
+        "windows": windows(journeys, report["seconds"]),
+        "visits": report["visits"],
+        "failed": report["failed"],
+        "failed_share": report["failed_share"],
+        "retries": report["retries"],
+        "visits_retried": report["visits_retried"],
+        "dns_fallbacks": report["dns_fallbacks"],
+        "visits_per_s": report["visits_per_s"],
+        "outcomes": report["outcomes"],
+        "audit": report["audit"],
+    }
+    if quiet is not None:
+        quiet.pop("journeys")
+        out["quiet"] = {k: quiet[k] for k in ("visits", "failed", "visits_per_s")}
+        out["quiet"]["audit_passed"] = quiet["audit"]["passed"]
+        out["throughput_vs_quiet"] = (
+            round(report["visits_per_s"] / quiet["visits_per_s"], 3) if quiet["visits_per_s"]
+            else None
+        )  # fmt: skip
+    backs = [f["healthy_after_s"] for f in faults if "healthy_after_s" in f]
+    out["slowest_recovery_s"] = max((b for b in backs if b is not None), default=None)
+    out["all_back"] = all(b is not None for b in backs)
+    return out
+
+
+def print_report(r: dict[str, Any], console: Console) -> None:
+    t = Table(title=f"faults ({r['fault']}, every {r['every_s']}s)", title_justify="left")
+    for col in ("at s", "host", "kind", "healthy again after"):
+        t.add_column(col)
+    for f in r["faults"]:
+        back = f.get("skipped") or (
+            "not back" if f.get("healthy_after_s") is None else f"{f['healthy_after_s']:.2f}s")
+        t.add_row(str(f["at_s"]), f["host"], f["kind"], back)
+    console.print(t)
+    t = Table(title="visits per 5 s window", title_justify="left")
+    for col in ("from s", "visits", "failed", "errors"):
+        t.add_column(col)
+    for w in r["windows"]:
+        errors = ", ".join(f"{k} {v}" for k, v in w["errors"].items())
+        t.add_row(str(w["from_s"]), str(w["visits"]), str(w["failed"]), errors)
+    console.print(t)
+    console.print(f"failed visits: {r['failed']} of {r['visits']} ({r['failed_share']:.2%});"
+                  f" retries {r['retries']} in {r['visits_retried']} visits;"
+                  f" HTTPDNS fallbacks {r['dns_fallbacks']}")  # fmt: skip
+    if "quiet" in r:
+        console.print(f"visits/s: {r['visits_per_s']} under faults, {r['quiet']['visits_per_s']}"
+                      f" quiet ({r['throughput_vs_quiet']:.0%})")  # fmt: skip
+    verdict = "[green]PASSED[/]" if r["audit"]["passed"] else "[red]FAILED[/]"
+    console.print(f"audit {verdict}: " + ", ".join(
+        f"{'✓' if ok else '✗'} {check}" for check, ok in r["audit"]["checks"].items()))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="d11 chaos", description=__doc__.split("\n")[0])
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of load under faults")
+    p.add_argument("--every", type=float, default=4.0, help="seconds between faults")
+    p.add_argument("--fault", choices=["kill", "hang", "mix"], default="kill")
+    p.add_argument("--targets", default="", help="roles to hit, comma-separated (default all)")
+    p.add_argument("--hang", type=float, default=3.0, help="seconds a hung process stays stopped")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--scenario", choices=["flash-sale", "mixed"], default="mixed")
+    p.add_argument("--protocol", default="mix")
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--stock", type=int, default=100_000, help="the hot item's stock")
+    p.add_argument("--trace-ratio", type=float, default=0.01)
+    p.add_argument("--no-quiet", action="store_true", help="skip the quiet comparison run")
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.duration <= 0 or args.every <= 0 or args.hang <= 0:
+        raise SystemExit("--duration, --every and --hang must be positive")
+    try:
+        import uvloop
+
+        report = uvloop.run(run(args))
+    except KeyboardInterrupt:
+        return 130
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report, Console())
+    return 0 if report["audit"]["passed"] and report["all_back"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -39,7 +39,7 @@ from infra.http1 import (
     housekeeping,
     problem_page,
 )
-from infra.pki import ensure_server_cert, pki_dir
+from infra.pki import ensure_server_cert, load_chain, pki_dir
 from infra.service import Component, Context
 from infra.telemetry import (
     TRACE_HEADERS,
@@ -391,7 +391,7 @@ class Gateway:
                 key.write_bytes(made_key.read_bytes())
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(cert, key)
+        load_chain(context, cert, key)
         context.set_alpn_protocols(["http/1.1"])
         return context
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import ipaddress
+import ssl
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -83,7 +85,8 @@ def ensure_ca(directory: Path) -> tuple[Path, Path]:
 
 def ensure_server_cert(directory: Path, name: str, alt_names: Iterable[str]) -> tuple[Path, Path]:
     """``NAME.crt``/``NAME.key`` signed by the lab CA for ``alt_names`` (DNS names or IP
-    addresses); reissued when the names asked for are not all in the existing one."""
+    addresses); reissued when the names asked for are not all in the existing one. A reader
+    racing a reissue may see a new key beside the old certificate: :func:`load_chain`."""
     wanted = sorted(set(alt_names) | {name})
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
     ca_cert_path, ca_key_path = ensure_ca(directory)
@@ -97,6 +100,9 @@ def ensure_server_cert(directory: Path, name: str, alt_names: Iterable[str]) -> 
             }
             if set(wanted) <= have and existing.not_valid_after_utc > _now():
                 return cert_path, key_path
+            # Several servers share a name (two gateways): the new one keeps the names the
+            # others asked for, so reissues converge instead of taking turns.
+            wanted = sorted(set(wanted) | have)
         ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
         ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
         key = ec.generate_private_key(ec.SECP256R1())
@@ -126,3 +132,16 @@ def ensure_server_cert(directory: Path, name: str, alt_names: Iterable[str]) -> 
         _write(key_path, _key_pem(key), private=True)
         _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
+
+
+def load_chain(context: ssl.SSLContext, cert: Path, key: Path, tries: int = 40) -> None:
+    """``load_cert_chain``, tolerating a reissue by another process between reading the
+    certificate and the key (the pair is replaced file by file): read again."""
+    for attempt in range(tries):
+        try:
+            context.load_cert_chain(cert, key)
+            return
+        except ssl.SSLError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.05)

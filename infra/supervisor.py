@@ -2,7 +2,7 @@
 
 It keeps the hosts that ``up`` asked for running, as systemd's ``Restart=on-failure`` or a
 kubelet would: a process that exits without being asked to is started again after a
-backoff (0.2 s, doubling, capped at 5 s; reset once it has stayed up 10 s). A crash loop
+backoff (0.1 s, doubling, capped at 5 s; reset once it has stayed up 5 s). A crash loop
 (8 exits in a row that each came sooner than that) is given up, and said so in the log and
 in ``./d11 status``. A configuration error (exit 78) is never retried: it would fail again.
 
@@ -46,10 +46,10 @@ TICK_S = 0.05
 class Backoff:
     """When to restart, as a pure function of the history (tests replay it with a clock)."""
 
-    first: float = 0.2
+    first: float = 0.1
     factor: float = 2.0
     cap: float = 5.0
-    stable_after: float = 10.0  # up this long: the next exit starts the count again
+    stable_after: float = 5.0  # up this long: the next exit starts the count again
     give_up_after: int = 8  # this many quick exits in a row: a crash loop
 
     def delay(self, quick_exits: int) -> float:

@@ -16,8 +16,12 @@ throughput is compared on the same machine at the same moment. The report: each 
 run's audit (nothing lost, nothing duplicated, stock conserved). Exit status 1 when an
 audit fails or a killed host did not come back.
 
-Process mode only for now: in Docker mode, ``docker kill`` and ``docker pause`` on the
-containers do the same by hand.
+In Docker mode (``--docker``, or by itself when Compose's containers run and no process
+stack does) the load runs in the phone container, a kill is SIGKILL to the container's
+init process from the host (a crash: the engine's restart policy brings it back, where
+``docker kill`` would count as a deliberate stop), and a hang is ``docker pause`` then
+``docker unpause``. "Healthy again" is the container's own health check command answering
+(run with ``docker exec``; the engine's checks run every 10 s).
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ import random
 import signal
 import sys
 import time
-from collections import Counter
 from typing import Any
 
 from rich.console import Console
@@ -41,8 +44,6 @@ from infra.health import probe_all
 from infra.launcher import Launcher
 from infra.topology import Host
 from services import load
-
-WINDOW_S = 5.0
 
 
 def targets(topology: topo.Topology, roles: set[str] | None) -> list[list[Host]]:
@@ -100,45 +101,148 @@ async def _record_back(fault: dict[str, Any], group: list[Host], hit: float) -> 
     fault["healthy_after_s"] = round(took, 2) if took is not None else None
 
 
-def windows(journeys: list[Any], seconds: float) -> list[dict[str, Any]]:
-    rows = []
-    for n in range(int(seconds // WINDOW_S) + 1):
-        inside = [j for j in journeys if n * WINDOW_S <= j.due < (n + 1) * WINDOW_S]
-        if inside:
-            failed = [j for j in inside if j.outcome not in load.SUCCESSES]
-            rows.append({"from_s": n * WINDOW_S, "visits": len(inside), "failed": len(failed),
-                         "errors": dict(Counter(j.outcome for j in failed))})  # fmt: skip
-    return rows
-
-
-def load_args(args: argparse.Namespace) -> argparse.Namespace:
-    return load.parser().parse_args([
+def load_argv(args: argparse.Namespace) -> list[str]:
+    return [
         "--scenario", args.scenario, "--protocol", args.protocol,
         "--concurrency", str(args.concurrency), "--orders", "1000000",
         "--duration", str(args.duration), "--stock", str(args.stock),
         "--trace-ratio", str(args.trace_ratio), "--seed", str(args.seed), "--json",
-    ])  # fmt: skip
+    ]  # fmt: skip
+
+
+def load_args(args: argparse.Namespace) -> argparse.Namespace:
+    return load.parser().parse_args(load_argv(args))
+
+
+class Docker:
+    """The Compose project's containers, found by Compose's labels (v1 and v2 alike)."""
+
+    def __init__(self) -> None:
+        from infra.dockerlab import PROJECT
+
+        self.project = PROJECT
+        self.topology = topo.load(mode="docker")
+
+    async def _docker(self, *argv: str, check: bool = True) -> str:
+        process = await asyncio.create_subprocess_exec(
+            "docker", *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await process.communicate()
+        if check and process.returncode != 0:
+            raise RuntimeError(f"docker {' '.join(argv[:3])}: {err.decode().strip()}")
+        return out.decode()
+
+    async def container(self, service: str) -> str:
+        found = (await self._docker(
+            "ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}",
+            "--filter", f"label=com.docker.compose.service={service}")).split()  # fmt: skip
+        if len(found) != 1:
+            raise RuntimeError(f"{service}: {len(found)} running containers")
+        return found[0]
+
+    async def running(self) -> bool:
+        try:
+            await self.container("phone")
+        except (RuntimeError, OSError):
+            return False
+        return True
+
+    async def kill(self, service: str) -> None:
+        pid = (await self._docker("inspect", "-f", "{{.State.Pid}}",
+                                  await self.container(service))).strip()  # fmt: skip
+        os.kill(int(pid), signal.SIGKILL)
+
+    async def hang(self, service: str, seconds: float) -> None:
+        cid = await self.container(service)
+        await self._docker("pause", cid)
+        await asyncio.sleep(seconds)
+        await self._docker("unpause", cid)
+
+    async def healthy(self, service: str) -> bool:
+        try:
+            cid = await self.container(service)
+            test = json.loads(await self._docker(
+                "inspect", "-f", "{{json .Config.Healthcheck.Test}}", cid))  # fmt: skip
+            await self._docker("exec", cid, *test[1:])
+        except (RuntimeError, OSError, ValueError, TypeError):
+            return False
+        return True
+
+    async def load(self, args: argparse.Namespace) -> dict[str, Any]:
+        out = await self._docker("exec", await self.container("phone"), "python", "-m", "infra",
+                                 "load", *load_argv(args))  # fmt: skip
+        return json.loads(out)
+
+
+async def inject_docker(args: argparse.Namespace, docker: Docker, started: float,
+                        faults: list[dict[str, Any]]) -> None:  # fmt: skip
+    rng = random.Random(args.seed)
+    roles = set(args.targets.split(",")) if args.targets else None
+    # The phone is the load itself, the NAT the only entry: neither is a fault target.
+    hosts = [h for h in docker.topology.hosts if h.role != "nat" and h.name != "tenant-b-inventory"
+             and (roles is None or h.role in roles)]  # fmt: skip
+    if not hosts:
+        raise SystemExit(f"no container has a role in --targets {args.targets}")
+    recoveries = []
+    await asyncio.sleep(args.every)
+    while time.monotonic() - started < args.duration - 1:
+        host = rng.choice(hosts)
+        kind = rng.choice(("kill", "hang")) if args.fault == "mix" else args.fault
+        fault: dict[str, Any] = {"at_s": round(time.monotonic() - started, 2),
+                                 "host": host.name, "kind": kind}  # fmt: skip
+        faults.append(fault)
+        hit = time.monotonic()
+        try:
+            if kind == "kill":
+                await docker.kill(host.name)
+            else:
+                recoveries.append(asyncio.create_task(docker.hang(host.name, args.hang)))
+        except (RuntimeError, OSError) as exc:
+            fault["skipped"] = str(exc)
+        else:
+            recoveries.append(asyncio.create_task(_docker_back(docker, fault, host.name, hit)))
+        await asyncio.sleep(args.every)
+    await asyncio.gather(*recoveries)
+
+
+async def _docker_back(docker: Docker, fault: dict[str, Any], service: str, hit: float) -> None:
+    await asyncio.sleep(0.2)
+    while time.monotonic() - hit < 60:
+        if await docker.healthy(service):
+            fault["healthy_after_s"] = round(time.monotonic() - hit, 2)
+            return
+        await asyncio.sleep(0.2)
+    fault["healthy_after_s"] = None
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     launcher = Launcher(topo.load())
-    if launcher.supervisor() is None:
-        raise SystemExit("no supervised stack is running: ./d11 up --detach first")
+    docker = Docker() if args.docker or launcher.supervisor() is None else None
+    if docker is not None and not await docker.running():
+        raise SystemExit("no stack is running: ./d11 up --detach (or docker compose up) first")
     quiet = None
-    if not args.no_quiet:
-        quiet = await load.execute(load_args(args), live=False)
     faults: list[dict[str, Any]] = []
-    started = time.monotonic()
-    chaos_load = asyncio.create_task(load.execute(load_args(args), live=False))
-    await inject(args, launcher, started, faults)
-    report = await chaos_load
-    journeys = report.pop("journeys")
+    if docker is not None:
+        if not args.no_quiet:
+            quiet = await docker.load(args)
+        started = time.monotonic()
+        chaos_load = asyncio.create_task(docker.load(args))
+        await inject_docker(args, docker, started, faults)
+        report = await chaos_load
+    else:
+        if not args.no_quiet:
+            quiet = await load.execute(load_args(args), live=False)
+        started = time.monotonic()
+        chaos_load = asyncio.create_task(load.execute(load_args(args), live=False))
+        await inject(args, launcher, started, faults)
+        report = await chaos_load
+    report.pop("journeys", None)
     out: dict[str, Any] = {
         "fault": args.fault,
         "every_s": args.every,
         "duration_s": args.duration,
         "faults": faults,
-        "windows": windows(journeys, report["seconds"]),
+        "windows": report["windows"],
         "visits": report["visits"],
         "failed": report["failed"],
         "failed_share": report["failed_share"],
@@ -149,8 +253,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "outcomes": report["outcomes"],
         "audit": report["audit"],
     }
+    out["mode"] = "docker" if docker is not None else "process"
     if quiet is not None:
-        quiet.pop("journeys")
+        quiet.pop("journeys", None)
         out["quiet"] = {k: quiet[k] for k in ("visits", "failed", "visits_per_s")}
         out["quiet"]["audit_passed"] = quiet["audit"]["passed"]
         out["throughput_vs_quiet"] = (
@@ -169,7 +274,8 @@ def print_report(r: dict[str, Any], console: Console) -> None:
         t.add_column(col)
     for f in r["faults"]:
         back = f.get("skipped") or (
-            "not back" if f.get("healthy_after_s") is None else f"{f['healthy_after_s']:.2f}s")
+            "not back" if f.get("healthy_after_s") is None else f"{f['healthy_after_s']:.2f}s"
+        )
         t.add_row(str(f["at_s"]), f["host"], f["kind"], back)
     console.print(t)
     t = Table(title="visits per 5 s window", title_justify="left")
@@ -186,8 +292,10 @@ def print_report(r: dict[str, Any], console: Console) -> None:
         console.print(f"visits/s: {r['visits_per_s']} under faults, {r['quiet']['visits_per_s']}"
                       f" quiet ({r['throughput_vs_quiet']:.0%})")  # fmt: skip
     verdict = "[green]PASSED[/]" if r["audit"]["passed"] else "[red]FAILED[/]"
-    console.print(f"audit {verdict}: " + ", ".join(
-        f"{'✓' if ok else '✗'} {check}" for check, ok in r["audit"]["checks"].items()))
+    console.print(
+        f"audit {verdict}: "
+        + ", ".join(f"{'✓' if ok else '✗'} {check}" for check, ok in r["audit"]["checks"].items())
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -204,6 +312,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stock", type=int, default=100_000, help="the hot item's stock")
     p.add_argument("--trace-ratio", type=float, default=0.01)
     p.add_argument("--no-quiet", action="store_true", help="skip the quiet comparison run")
+    p.add_argument(
+        "--docker",
+        action="store_true",
+        help="the Compose stack (default when no process stack runs)",
+    )
     p.add_argument("--json", action="store_true")
     return p
 

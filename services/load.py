@@ -76,6 +76,22 @@ def stock_checks(
     }
 
 
+WINDOW_S = 5.0
+_provider: Any = None  # the phones' tracer provider, set up by the first run
+
+
+def windows(journeys: list[Journey], seconds: float) -> list[dict[str, Any]]:
+    """Visits and failures per WINDOW_S of the run, by when each visit was due."""
+    rows = []
+    for n in range(int(seconds // WINDOW_S) + 1):
+        inside = [j for j in journeys if n * WINDOW_S <= j.due < (n + 1) * WINDOW_S]
+        if inside:
+            failed = [j for j in inside if j.outcome not in SUCCESSES]
+            rows.append({"from_s": n * WINDOW_S, "visits": len(inside), "failed": len(failed),
+                         "errors": dict(Counter(j.outcome for j in failed))})  # fmt: skip
+    return rows
+
+
 def percentile(values: list[float], q: float) -> float:
     """Exact percentile (nearest rank) over every recorded value; runs are bounded, so
     keeping them all is affordable and needs no bucketing error."""
@@ -370,6 +386,7 @@ class Run:
             "retries": sum(j.retries for j in js),
             "visits_retried": sum(1 for j in js if j.retries),
             "dns_fallbacks": sum(j.fallbacks for j in js),
+            "windows": windows(js, elapsed),
             "statuses": dict(Counter(str(j.status) for j in js if j.status)),
             "cdn": cdn,
             "cdn_at_phone": dict(Counter(j.cdn_cache for j in js if j.cdn_cache)),
@@ -474,7 +491,11 @@ async def execute(args: argparse.Namespace, *, live: bool | None = None) -> dict
             # the phone's decision (the SDK's default sampler is parent-based).
             os.environ["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
             os.environ["OTEL_TRACES_SAMPLER_ARG"] = str(args.trace_ratio)
-    provider = setup_tracing(Settings(name="phone", role="client", address="127.100.0.1", port=0))
+    global _provider
+    if _provider is None:  # once per process: ./d11 chaos runs several loads
+        _provider = setup_tracing(
+            Settings(name="phone", role="client", address="127.100.0.1", port=0)
+        )
     run = Run(args, topology)
     console = Console(stderr=True)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as admin:
@@ -504,8 +525,8 @@ async def execute(args: argparse.Namespace, *, live: bool | None = None) -> dict
                      "acknowledged": 0, "missing": [], "replayed": 0}  # fmt: skip
     report = run.report(elapsed, cdn_before, cdn_after, audit)
     report["journeys"] = run.journeys  # for a caller's own analysis; not printed
-    if provider is not None:
-        provider.shutdown()
+    if _provider is not None:
+        _provider.force_flush()
     return report
 
 

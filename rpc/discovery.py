@@ -4,7 +4,8 @@
   instance at start, heartbeats, re-registers after a registry restart, deregisters on a
   clean stop.
 - :class:`Discovery`: the live instances of one service, polled in the background (cheap:
-  the registry answers 304 while nothing changed). Callers read ``endpoints``.
+  the registry answers 304 while nothing changed). Callers read ``endpoints``. A registry
+  that is down, or back but still empty, leaves the last known instances in place.
 """
 
 from __future__ import annotations
@@ -81,7 +82,13 @@ class Discovery(Periodic):
             async with self.session.get(self.url, headers=headers) as r:
                 if r.status == 200:
                     body = await r.json()
-                    self.endpoints = [i["endpoint"] for i in body["instances"]]
+                    found = [i["endpoint"] for i in body["instances"]]
+                    if not found and self.endpoints:
+                        # A registry that just restarted knows nobody until the instances'
+                        # next heartbeats: keep what we knew (Eureka's self-preservation).
+                        log.warning("registry lists no %s; keeping the last known", self.service)
+                        return
+                    self.endpoints = found
                     self._etag = r.headers.get("ETag", "")
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
             # Keep the last known instances: a registry outage must not stop traffic.

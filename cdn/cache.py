@@ -125,7 +125,11 @@ class Guard:
 
 class Stats:
     def __init__(self) -> None:
-        self.outcomes = dict.fromkeys(("HIT", "MISS", "STALE", "REVALIDATED", "EXPIRED"), 0)
+        # PASS: an unsafe or unknown method, passed through and never stored.
+        self.outcomes = dict.fromkeys(
+            ("HIT", "MISS", "STALE", "REVALIDATED", "EXPIRED", "PASS"), 0
+        )
+        self.invalidations = 0  # stored responses dropped after a successful unsafe request
         self.bytes_served = 0
         self.upstream_fetches = 0
         self.upstream_errors = 0
@@ -185,6 +189,10 @@ class CacheNode:
             tuple(p.lower() for p in s.get_list("CDN_REFERERS", [])),
             s.get("CDN_EMPTY_REFERER", "allow") == "allow",
         )
+        # Methods this tier accepts (None: any; GET and HEAD are cached, the rest passed
+        # through). D11_CDN_METHODS=GET,HEAD makes a read-only public edge.
+        methods = {m.strip().upper() for m in s.get_list("CDN_METHODS", []) if m.strip()}
+        self.methods = frozenset(methods | {"GET", "HEAD"}) if methods else None
         self.via = f"1.1 {self.name} ({SERVER_HEADER})"
         self.stats = Stats()
         self.inflight: dict[str, asyncio.Future[None]] = {}
@@ -228,7 +236,7 @@ class CacheNode:
         slot = self.store.slot_for(cache_key(request.path, request.query_string), headers)
         entry = self.store.get_memory(slot) if slot is not None else None
         now = time.time()
-        if entry is None or entry.must_revalidate or entry.staleness(now) >= 0:
+        if entry is None or entry.no_cache or entry.staleness(now) >= 0:
             return None
         started = time.perf_counter()
         with self._span(request) as span:
@@ -289,9 +297,9 @@ class CacheNode:
         self.ctx.metrics.observe("http", f"{method} {outcome or 'refused'}", str(status), started)
 
     async def _answer(self, request: Request) -> tuple[Response, str]:
-        if request.method not in ("GET", "HEAD"):
+        if self.methods is not None and request.method not in self.methods:
             page = error_page(405)
-            page.headers.append(("Allow", "GET, HEAD"))
+            page.headers.append(("Allow", ", ".join(sorted(self.methods))))
             return page, ""
         if bad_path(request.path):
             return error_page(400), ""
@@ -299,6 +307,8 @@ class CacheNode:
         if refusal:
             return error_page(refusal), ""
         key = cache_key(request.path, request.query_string)
+        if request.method not in ("GET", "HEAD"):
+            return await self._pass_through(key, request)
         headers = request.headers
         if "Authorization" in headers:
             # §3.5: never answered from what another user's request stored.
@@ -317,14 +327,14 @@ class CacheNode:
             now = time.time()
             staleness = entry.staleness(now)
             client_no_cache = "no-cache" in request_cc or request_cc.get("max-age") == "0"
-            if staleness < 0 and not client_no_cache and not entry.must_revalidate:
+            if staleness < 0 and not client_no_cache and not entry.no_cache:
                 return self._from_entry(entry, request, "HIT", now), "HIT"
             swr = entry.directive_seconds("stale-while-revalidate")
             if (
                 swr is not None
                 and staleness <= swr
                 and not client_no_cache
-                and not entry.must_revalidate
+                and not entry.no_stale
             ):
                 self._revalidate_in_background(key, entry, request)
                 return self._from_entry(entry, request, "STALE", now), "STALE"
@@ -377,8 +387,41 @@ class CacheNode:
         out.append(("Via", f"{via}, {self.via}" if via else self.via))
         return out
 
+    async def _pass_through(self, key: str, request: Request) -> tuple[Response, str]:
+        """An unsafe or unknown method (POST, PUT, DELETE, PATCH, M-SEARCH, ...) goes to the
+        parent as it came and its answer is never stored. A non-error answer invalidates
+        what this tier holds for the target URI and for Location and Content-Location on
+        the same host (RFC 9111 §4.4); every tier on the way back does the same."""
+        try:
+            response, _, _ = await self._exchange(
+                key, request, [], method=request.method, body=request.body
+            )
+        except UpstreamError as exc:
+            return error_page(504 if exc.kind == "timeout" else 502), "PASS"
+        if response.status < 400:
+            invalid = [key]
+            for name in ("Location", "Content-Location"):
+                target = semantics.same_origin_target(
+                    semantics.header(response.headers, name), request.host, key
+                )
+                if target is not None:
+                    path, _, query = target.partition("?")
+                    invalid.append(cache_key(path, query))
+            self.stats.invalidations += self.store.purge(invalid)
+        headers = [(k, v) for k, v in response.headers if k.lower() not in NOT_STORED]
+        via = semantics.header_all(headers, "Via")
+        headers = [(k, v) for k, v in headers if k.lower() != "via"]
+        headers.append(("Via", f"{via}, {self.via}" if via else self.via))
+        return Response(response.status, response.body, headers), "PASS"
+
     async def _exchange(
-        self, key: str, request: Request, extra: list[tuple[str, str]]
+        self,
+        key: str,
+        request: Request,
+        extra: list[tuple[str, str]],
+        *,
+        method: str = "GET",
+        body: bytes = b"",
     ) -> tuple[Response, float, float]:
         """One request to the parent; returns (response, request time, response time)."""
         self.stats.upstream_fetches += 1
@@ -389,11 +432,13 @@ class CacheNode:
             if carrier:  # traced: this fetch is the parent the next tier continues
                 headers = [(k, v) for k, v in headers if k.lower() not in TRACE_HEADERS]
             headers += [*extra, *carrier.items()]
-            data = encode_request("GET", key, headers, b"")
+            if method != "GET":  # passed through: the client's own body and its type
+                headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            data = encode_request(method, key, headers, body)
             sent = time.time()
             try:
                 response = await self.pool.exchange(
-                    self.parent, self.parent_host, self.parent_port, data, head=False,
+                    self.parent, self.parent_host, self.parent_port, data, head=method == "HEAD",
                     connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
                 )  # fmt: skip
             except UpstreamError as exc:
@@ -409,7 +454,8 @@ class CacheNode:
     def _entry(
         self, key: str, request: Request, response: Response, sent: float, received: float
     ) -> Entry:
-        headers = [(k, v) for k, v in response.headers if k.lower() not in NOT_STORED]
+        dropped = NOT_STORED | semantics.connection_listed(response.headers)
+        headers = [(k, v) for k, v in response.headers if k.lower() not in dropped]
         date = semantics.header(response.headers, "Date")
         if date is not None:
             headers.append(("Date", date))  # spelt as encode_response looks for it
@@ -426,7 +472,7 @@ class CacheNode:
             headers,
             response.body,
             clock,
-            semantics.freshness_lifetime(response.status, headers),
+            semantics.freshness_lifetime(response.status, semantics.cdn_policy(headers)),
             chain,
         )
 
@@ -487,7 +533,8 @@ class CacheNode:
         return self._from_entry(fresh, request, "EXPIRED", time.time()), "EXPIRED"
 
     def _worth_storing(self, entry: Entry, request: Request) -> bool:
-        if not semantics.storable("GET", entry.status, request.headers, entry.headers):
+        policy = semantics.cdn_policy(entry.headers)
+        if not semantics.storable("GET", entry.status, request.headers, policy):
             return False
         # Stale on arrival, nothing to revalidate with and no stale-* allowance: storing it
         # would only make the next request an EXPIRED instead of a MISS.
@@ -499,9 +546,8 @@ class CacheNode:
 
     def _freshen(self, entry: Entry, response: Response, sent: float, received: float) -> Entry:
         """RFC 9111 §4.3.4: the 304's headers replace the stored ones of the same name."""
-        updates = [
-            (k, v) for k, v in response.headers if k.lower() not in NOT_STORED | NOT_FRESHENED
-        ]
+        dropped = NOT_STORED | NOT_FRESHENED | semantics.connection_listed(response.headers)
+        updates = [(k, v) for k, v in response.headers if k.lower() not in dropped]
         names = {k.lower() for k, _ in updates}
         headers = [(k, v) for k, v in entry.headers if k.lower() not in names] + updates
         date = semantics.header(response.headers, "Date")
@@ -510,7 +556,7 @@ class CacheNode:
         clock = AgeClock.of(response.headers, sent, received)
         return Entry(
             entry.key, entry.vary, entry.vary_values, entry.status, headers, entry.body, clock,
-            semantics.freshness_lifetime(entry.status, headers), entry.chain,
+            semantics.freshness_lifetime(entry.status, semantics.cdn_policy(headers)), entry.chain,
         )  # fmt: skip
 
     def _on_error(self, entry: Entry, request: Request, status: int) -> tuple[Response, str]:
@@ -521,8 +567,7 @@ class CacheNode:
         request_cc = semantics.cache_control(request.headers.get("Cache-Control"))
         allowed.append(semantics.seconds(request_cc, "stale-if-error"))
         limit = max((a for a in allowed if a is not None), default=None)
-        no_stale = "must-revalidate" in entry.directives or "proxy-revalidate" in entry.directives
-        if limit is not None and entry.staleness(now) <= limit and not no_stale:
+        if limit is not None and entry.staleness(now) <= limit and not entry.no_stale:
             return self._from_entry(entry, request, "STALE", now), "STALE"
         return error_page(status), "EXPIRED"
 
@@ -614,7 +659,7 @@ class CacheNode:
 
     def stats_report(self) -> dict:
         outcomes = self.stats.outcomes
-        served = sum(outcomes.values())
+        served = sum(v for k, v in outcomes.items() if k != "PASS")  # cacheable requests
         hits = outcomes["HIT"] + outcomes["STALE"] + outcomes["REVALIDATED"]
         return {
             "node": self.name,
@@ -627,6 +672,7 @@ class CacheNode:
             "refused": self.stats.refused,
             "upstream_fetches": self.stats.upstream_fetches,
             "upstream_errors": self.stats.upstream_errors,
+            "invalidations": self.stats.invalidations,
             "objects": self.store.objects(),
             "memory_bytes": self.store.memory_bytes,
             "disk_bytes": self.store.disk_bytes,

@@ -1,18 +1,21 @@
 """The CDN origin (role ``cdn-origin``): the shop's object store for product images.
 ``python -m cdn.origin``.
 
-* ``GET``/``HEAD`` any stored path, with ``ETag``, ``Last-Modified`` and the
-  ``Cache-Control`` the shop set; conditional requests (304) and ranges (206, 416) as
-  cdn.semantics answers them.
-* ``PUT`` stores an object (its ``Content-Type`` and ``Cache-Control`` request headers
-  become the object's, as object stores do), ``DELETE`` removes it; both need
+* ``GET``/``HEAD`` any stored path, with ``ETag``, ``Last-Modified``, the
+  ``Cache-Control`` the shop set for browsers and the ``CDN-Cache-Control`` (RFC 9213) for
+  the CDN's tiers; conditional requests (304) and ranges (206, 416) as cdn.semantics
+  answers them.
+* ``PUT`` stores an object (its ``Content-Type``, ``Cache-Control`` and
+  ``CDN-Cache-Control`` request headers become the object's, as object stores do),
+  ``DELETE`` removes it; both need
   ``X-Admin-Token: $D11_ADMIN_TOKEN`` (as the controller's admin API).
 * Every catalogue item has ``/img/items/{id}/main.png`` (256×256) and ``thumb.png``
   (64×64): real PNGs generated from the item id, the same bytes on every machine, made on
   first request and then kept like any uploaded object.
 
 Objects live in ``<data dir>/objects`` (one body file and one JSON metadata file each).
-Settings: ``D11_ORIGIN_CACHE_CONTROL`` (the default for objects uploaded without one),
+Settings: ``D11_ORIGIN_CACHE_CONTROL`` and ``D11_ORIGIN_CDN_CACHE_CONTROL`` (the defaults
+for objects uploaded without them; an empty CDN one sends none),
 ``D11_ORIGIN_MAX_OBJECT`` (bytes, 413 above it).
 """
 
@@ -43,6 +46,9 @@ from services.problems import problem, problem_middleware
 DEFAULT_CACHE_CONTROL = (
     "public, max-age=300, s-maxage=3600, stale-while-revalidate=60, stale-if-error=86400"
 )
+# What the CDN's tiers keep (RFC 9213: they obey it over Cache-Control): a day, while
+# browsers keep five minutes. A purge is how the shop takes an image back sooner.
+DEFAULT_CDN_CACHE_CONTROL = "max-age=86400, stale-while-revalidate=60, stale-if-error=86400"
 # The catalogue's images are dated to the catalogue's launch, so every machine agrees.
 CATALOGUE_DATE = 1793491200.0  # 2026-11-01T00:00:00Z
 IMAGE_PATH = re.compile(r"^/img/items/(\d+)/(main|thumb)\.png$")
@@ -81,10 +87,13 @@ def product_png(item_id: int, variant: str) -> bytes:
 class ObjectStore:
     """Objects on disk, their metadata in memory; file I/O runs off the event loop."""
 
-    def __init__(self, root: Path, default_cache_control: str) -> None:
+    def __init__(
+        self, root: Path, default_cache_control: str, default_cdn_cache_control: str = ""
+    ) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.default_cache_control = default_cache_control
+        self.default_cdn_cache_control = default_cdn_cache_control
         self.meta: dict[str, dict] = {}
         self.deleted: set[str] = set()  # generated images the shop deleted
         for meta_file in self.root.glob("*.json"):
@@ -104,7 +113,7 @@ class ObjectStore:
             if not m or path in self.deleted or catalog.get(int(m.group(1))) is None:
                 return None
             body = await asyncio.to_thread(product_png, int(m.group(1)), m.group(2))
-            meta = await self.put(path, body, "image/png", None, CATALOGUE_DATE)
+            meta = await self.put(path, body, "image/png", None, None, CATALOGUE_DATE)
             return meta, body
         body = await asyncio.to_thread(self._file(path).with_suffix(".bin").read_bytes)
         return meta, body
@@ -115,12 +124,14 @@ class ObjectStore:
         body: bytes,
         content_type: str,
         cache_control: str | None,
+        cdn_cache_control: str | None = None,
         modified: float | None = None,
     ) -> dict:
         meta = {
             "path": path,
             "content_type": content_type,
             "cache_control": cache_control or self.default_cache_control,
+            "cdn_cache_control": cdn_cache_control or self.default_cdn_cache_control,
             "etag": '"' + hashlib.sha256(body).hexdigest()[:32] + '"',
             "last_modified": modified if modified is not None else time.time(),
             "size": len(body),
@@ -170,6 +181,8 @@ class Origin:
             ("Last-Modified", semantics.format_http_date(meta["last_modified"])),
             ("Cache-Control", meta["cache_control"]),
         ]
+        if meta.get("cdn_cache_control"):
+            headers.append(("CDN-Cache-Control", meta["cdn_cache_control"]))
         status, headers, body = semantics.answer(request.headers, 200, headers, body)
         response = web.Response(status=status, body=body if status != 304 else None)
         for name, value in headers:
@@ -199,6 +212,7 @@ class Origin:
             body,
             request.headers.get("Content-Type", "application/octet-stream"),
             request.headers.get("Cache-Control"),
+            request.headers.get("CDN-Cache-Control"),
         )
         return web.json_response(
             meta, status=200 if existed else 201, headers={"ETag": meta["etag"]}
@@ -222,7 +236,9 @@ async def build(ctx: Context) -> Sequence[Component]:
     s = ctx.settings
     max_object = s.get_int("ORIGIN_MAX_OBJECT", 8 * 1024 * 1024)
     store = ObjectStore(
-        s.data_dir / "objects", s.get("ORIGIN_CACHE_CONTROL", DEFAULT_CACHE_CONTROL)
+        s.data_dir / "objects",
+        s.get("ORIGIN_CACHE_CONTROL", DEFAULT_CACHE_CONTROL),
+        s.get("ORIGIN_CDN_CACHE_CONTROL", DEFAULT_CDN_CACHE_CONTROL),
     )
     origin = Origin(store, s.get("ADMIN_TOKEN", LAB_ADMIN_TOKEN), max_object)
     app = make_app(ctx, client_max_size=max_object + 1)

@@ -7,8 +7,11 @@ every tier.
 
 from __future__ import annotations
 
+import calendar
 import email.utils
 import re
+import time
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -38,6 +41,25 @@ HOP_BY_HOP = frozenset(
 _DIRECTIVE = re.compile(
     r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^,\s]*))?\s*'
 )
+
+
+def connection_listed(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """Header names the Connection field lists: hop-by-hop for this connection only, so
+    never stored or forwarded (RFC 9110 §7.6.1, RFC 9111 §3.1)."""
+    listed = header_all(headers, "Connection")
+    return frozenset(t.strip().lower() for t in listed.split(",") if t.strip())
+
+
+def same_origin_target(value: str | None, host: str, base: str) -> str | None:
+    """A Location or Content-Location value as a path?query on ``host``, resolved against
+    ``base``; None when absent or on another host (RFC 9111 §4.4 invalidates only those
+    on the same host, so one site cannot evict another's responses)."""
+    if not value:
+        return None
+    parsed = urllib.parse.urlsplit(urllib.parse.urljoin(f"http://{host}{base}", value.strip()))
+    if parsed.scheme not in ("http", "https") or (parsed.netloc or "").lower() != host.lower():
+        return None
+    return parsed.path + (f"?{parsed.query}" if parsed.query else "")
 
 
 def header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
@@ -102,21 +124,72 @@ def seconds(directives: Mapping[str, str | None], name: str) -> int | None:
     return min(int(raw), 2**31)  # RFC 9111 §1.2.2: at most 2^31
 
 
+_MONTHS = {m: i for i, m in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_LONG_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_TIME = r"(\d\d):(\d\d):(\d\d)"
+# RFC 9110 §5.6.7, exactly: IMF-fixdate, and the two obsolete forms a recipient accepts.
+# Names are matched without regard to case; spacing, digits and "GMT" are not negotiable.
+_IMF = re.compile(rf"([a-z]{{3}}), (\d\d) ([a-z]{{3}}) (\d{{4}}) {_TIME} gmt")
+_RFC850 = re.compile(rf"([a-z]{{6,9}}), (\d\d)-([a-z]{{3}})-(\d\d) {_TIME} gmt")
+_ASCTIME = re.compile(rf"([a-z]{{3}}) ([a-z]{{3}}) ([ \d]\d) {_TIME} (\d{{4}})")
+
+
 def http_date(value: str | None) -> float | None:
-    """An HTTP-date (IMF-fixdate, RFC 850 or asctime) as a Unix time; ``None`` if invalid."""
+    """An HTTP-date (IMF-fixdate, RFC 850 or asctime) as a Unix time; ``None`` if invalid:
+    another time zone, a two-digit year outside RFC 850, a missing comma, extra spaces,
+    dashes or periods where the grammar has none, a one-digit hour (RFC 9111 §5.3 then
+    makes an Expires "already expired")."""
     if not value:
         return None
+    text = value.strip().lower()
+    if m := _IMF.fullmatch(text):
+        day, mday, month, year, hh, mm, ss = m.groups()
+        days = _DAYS
+    elif m := _RFC850.fullmatch(text):
+        day, mday, month, yy, hh, mm, ss = m.groups()
+        # RFC 9110: a two-digit year more than 50 years in the future is in the past.
+        this_year = time.gmtime().tm_year
+        year = str(this_year // 100 * 100 + int(yy))
+        if int(year) > this_year + 50:
+            year = str(int(year) - 100)
+        days = _LONG_DAYS
+    elif m := _ASCTIME.fullmatch(text):
+        day, month, mday, hh, mm, ss, year = m.groups()
+        days = _DAYS
+    else:
+        return None
+    if day not in days or month not in _MONTHS:
+        return None
     try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        when = calendar.timegm((int(year), _MONTHS[month], int(mday), int(hh), int(mm),
+                                int(ss), 0, 0, 0))  # fmt: skip
+    except (ValueError, OverflowError):
         return None
-    if parsed is None:
-        return None
-    return parsed.timestamp()
+    check = time.gmtime(when)
+    if (check.tm_mday, check.tm_hour, check.tm_min, check.tm_sec) != (
+        int(mday), int(hh), int(mm), int(ss)
+    ):
+        return None  # 31 Feb, 25:00 and the like
+    return float(when)
 
 
 def format_http_date(when: float) -> str:
     return email.utils.formatdate(when, usegmt=True)
+
+
+def cdn_policy(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The headers a CDN's cache decides by (RFC 9213 §2.1): when ``CDN-Cache-Control``
+    holds a valid, non-empty value, it stands in for Cache-Control, and Cache-Control and
+    Expires are ignored; otherwise the headers as they are. So an origin can give the CDN a
+    long life (``CDN-Cache-Control: max-age=86400``) and browsers a short one, and a CDN
+    may store what Cache-Control: no-store keeps out of browsers' caches."""
+    targeted = header_all(headers, "CDN-Cache-Control")
+    if not targeted or not cache_control(targeted):
+        return headers
+    ignored = ("cache-control", "expires", "cdn-cache-control")
+    return [(k, v) for k, v in headers if k.lower() not in ignored] + [("Cache-Control", targeted)]
 
 
 def freshness_lifetime(status: int, headers: list[tuple[str, str]], shared: bool = True) -> float:
@@ -134,9 +207,10 @@ def freshness_lifetime(status: int, headers: list[tuple[str, str]], shared: bool
         return float(max_age)
     if "max-age" in cc:
         return 0.0  # present but malformed: stale (RFC 9111 §4.2.1)
-    expires_raw = header(headers, "Expires")
-    if expires_raw is not None:
-        expires = http_date(expires_raw)
+    expires_lines = [v for k, v in headers if k.lower() == "expires"]
+    if expires_lines:
+        # Several Expires lines are as invalid as a malformed one (§5.3): already expired.
+        expires = http_date(expires_lines[0]) if len(expires_lines) == 1 else None
         if expires is None:
             return 0.0  # an invalid Expires means "already expired" (§5.3)
         date = http_date(header(headers, "Date"))
@@ -154,6 +228,22 @@ def has_explicit_freshness(headers: list[tuple[str, str]]) -> bool:
     return "s-maxage" in cc or "max-age" in cc or header(headers, "Expires") is not None
 
 
+INVALID_AGE = 2**31  # RFC 9111 §1.2.2's largest delta-seconds: older than any lifetime
+
+
+def parse_age(headers: list[tuple[str, str]]) -> int:
+    """The Age field (RFC 9111 §5.1): one delta-seconds. Absent is 0. Anything else (a
+    list such as "old, 0", several lines, a sign, a fraction, text) cannot be trusted to
+    understate the age, so the response is taken as older than any lifetime: stale."""
+    lines = [v for k, v in headers if k.lower() == "age"]
+    if not lines:
+        return 0
+    raw = lines[0].strip()
+    if len(lines) > 1 or not raw.isdigit():
+        return INVALID_AGE
+    return min(int(raw), INVALID_AGE)
+
+
 @dataclass(frozen=True)
 class AgeClock:
     """What §4.2.3 needs to compute an entry's age: the response's Date and Age headers,
@@ -166,9 +256,8 @@ class AgeClock:
 
     @classmethod
     def of(cls, headers: list[tuple[str, str]], request_time: float, response_time: float):
-        raw_age = (header(headers, "Age") or "").strip()
-        age = min(int(raw_age), 2**31) if raw_age.isdigit() else 0
-        return cls(http_date(header(headers, "Date")), age, request_time, response_time)
+        return cls(http_date(header(headers, "Date")), parse_age(headers), request_time,
+                   response_time)  # fmt: skip
 
     def current_age(self, now: float) -> float:
         date = self.date if self.date is not None else self.response_time
@@ -193,7 +282,7 @@ def storable(
     request_cc = cache_control(request_headers.get("Cache-Control"))
     if "no-store" in cc or "no-store" in request_cc or "private" in cc:
         return False
-    if header(response_headers, "Vary") == "*":
+    if "*" in vary_names(response_headers):  # in any form, on any line (§4.1)
         return False
     if "authorization" in {k.lower() for k in request_headers} and not (
         # §3.5: a shared cache stores an answer to an authorised request only when told to.

@@ -44,8 +44,9 @@ class Entry:
     wire: tuple[int, bytes] | None = field(default=None, repr=False)  # (Age, encoded HIT)
 
     def __post_init__(self) -> None:
+        # The CDN's own policy: CDN-Cache-Control over Cache-Control (RFC 9213).
         self.directives = semantics.cache_control(
-            semantics.header_all(self.headers, "Cache-Control")
+            semantics.header_all(semantics.cdn_policy(self.headers), "Cache-Control")
         )
 
     @property
@@ -67,11 +68,20 @@ class Entry:
         return semantics.seconds(self.directives, name)
 
     @property
-    def must_revalidate(self) -> bool:
-        # no-cache: stored, but every use is revalidated (RFC 9111 §5.2.2.4); the
-        # *-revalidate ones forbid serving it stale (§5.2.2.2, §5.2.2.8).
+    def no_cache(self) -> bool:
+        """Stored, but every use is revalidated, fresh or not (RFC 9111 §5.2.2.4)."""
+        return "no-cache" in self.directives
+
+    @property
+    def no_stale(self) -> bool:
+        """Once stale, never served without a successful revalidation, whatever
+        stale-while-revalidate or stale-if-error allow: must-revalidate and
+        proxy-revalidate (§5.2.2.2, §5.2.2.8), and immutable (RFC 8246: a promise about the
+        fresh life only)."""
         d = self.directives
-        return "must-revalidate" in d or "proxy-revalidate" in d or "no-cache" in d
+        return self.no_cache or "must-revalidate" in d or "proxy-revalidate" in d or (
+            "immutable" in d
+        )
 
     def to_bytes(self) -> bytes:
         meta = {

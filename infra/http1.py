@@ -536,7 +536,12 @@ class UpstreamProtocol(asyncio.Protocol):
             or self.response.status in (204, 304)
             or self.response.status < 200
         )
-        if self.head and self.waiter is not None and not self.waiter.done():
+        if (
+            self.head
+            and self.response.status >= 200  # an interim response is not the answer
+            and self.waiter is not None
+            and not self.waiter.done()
+        ):
             self.keep_alive = False  # llhttp would wait for a body a HEAD never gets
             self.waiter.set_result(self.response)
 

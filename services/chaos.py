@@ -122,6 +122,9 @@ class Docker:
 
         self.project = PROJECT
         self.topology = topo.load(mode="docker")
+        # A restarted container keeps its id: look each up once (docker is slow to ask).
+        self.ids: dict[str, str] = {}
+        self.tests: dict[str, list[str]] = {}
 
     async def _docker(self, *argv: str, check: bool = True) -> str:
         process = await asyncio.create_subprocess_exec(
@@ -133,11 +136,14 @@ class Docker:
         return out.decode()
 
     async def container(self, service: str) -> str:
+        if service in self.ids:
+            return self.ids[service]
         found = (await self._docker(
             "ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}",
             "--filter", f"label=com.docker.compose.service={service}")).split()  # fmt: skip
         if len(found) != 1:
             raise RuntimeError(f"{service}: {len(found)} running containers")
+        self.ids[service] = found[0]
         return found[0]
 
     async def running(self) -> bool:
@@ -161,9 +167,10 @@ class Docker:
     async def healthy(self, service: str) -> bool:
         try:
             cid = await self.container(service)
-            test = json.loads(await self._docker(
-                "inspect", "-f", "{{json .Config.Healthcheck.Test}}", cid))  # fmt: skip
-            await self._docker("exec", cid, *test[1:])
+            if service not in self.tests:
+                self.tests[service] = json.loads(await self._docker(
+                    "inspect", "-f", "{{json .Config.Healthcheck.Test}}", cid))  # fmt: skip
+            await self._docker("exec", cid, *self.tests[service][1:])
         except (RuntimeError, OSError, ValueError, TypeError):
             return False
         return True

@@ -16,6 +16,7 @@ import secrets
 import socket
 import struct
 import subprocess
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -30,7 +31,12 @@ from cdn.signing import sign_secure_link, sign_type_a
 from tests.peers import our_service, upstreams, wait_port
 
 ORIGIN, CENTER, REGION, EDGE, FLEX, EDGE2 = (f"127.30.9.{n}:8000" for n in (1, 2, 3, 4, 5, 6))
+# An edge and a region in front of the configurable origin too, beside FLEX (a centre): the
+# RFC 9111 / 9213 cases hold on every tier. RAW_NODE's origin is a raw socket (1xx, chunked).
+FLEX_REGION, FLEX_EDGE, RAW_NODE = (f"127.30.9.{n}:8000" for n in (7, 8, 9))
+TIERS = {"edge": FLEX_EDGE, "region": FLEX_REGION, "center": FLEX}
 PEER = "127.30.9.10:8000"
+RAW_ORIGIN = ("127.30.9.11", 8000)
 SECRET, TYPE_A_KEY = "cdn-test-secret", "cdn-test-type-a"
 ADMIN = {"X-Admin-Token": "double-11-lab-admin"}
 IMAGE = "/img/items/7/main.png"
@@ -50,6 +56,7 @@ EDGE_ENV = {
     "D11_CDN_TYPE_A_KEY": TYPE_A_KEY,
     "D11_CDN_REFERERS": "shop.example,*.shop.example",
     "D11_CDN_EMPTY_REFERER": "allow",
+    "D11_CDN_METHODS": "GET,HEAD",  # a read-only public edge, as the shop's are
 }
 
 
@@ -64,8 +71,51 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         node(EDGE, run, "edge", "edge", REGION, **EDGE_ENV),
         node(EDGE2, run, "edge2", "edge", REGION),
         node(FLEX, run, "flex", "center", PEER),
+        node(FLEX_REGION, run, "flex-region", "region", PEER),
+        node(FLEX_EDGE, run, "flex-edge", "edge", PEER),
+        raw_origin(),
+        node(RAW_NODE, run, "raw", "center", f"{RAW_ORIGIN[0]}:{RAW_ORIGIN[1]}"),
     ):
         yield run
+
+
+@contextlib.contextmanager
+def raw_origin() -> Iterator[None]:
+    """An origin on a bare socket, for what an aiohttp origin cannot send: an interim
+    103 Early Hints before the answer, and a chunked body."""
+    server = socket.create_server(RAW_ORIGIN)
+    server.settimeout(0.2)
+    done = threading.Event()
+    reply = (b"HTTP/1.1 103 Early Hints\r\nLink: </img/x.png>; rel=preload\r\n\r\n"
+             b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: chunked\r\n"
+             b"Content-Type: text/plain\r\n\r\n5\r\nhello\r\n0\r\n\r\n")  # fmt: skip
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                data = b""
+                with contextlib.suppress(OSError):
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                    if data:
+                        conn.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(2)
+        server.close()
 
 
 @pytest.fixture
@@ -78,10 +128,14 @@ def signed(path: str, ttl: int = 300, secret: str = SECRET) -> str:
     return f"http://{EDGE}{path}?{sign_secure_link(path, int(time.time()) + ttl, secret)}"
 
 
-def respond(count: str, *headers: str, **params: str) -> str:
-    """A URL of the configurable origin behind FLEX."""
+def respond(count: str, *headers: str, at: str = FLEX, **params: str) -> str:
+    """A URL of the configurable origin behind FLEX (or another node in front of it)."""
+    return f"http://{at}{respond_path(count, *headers, **params)}"
+
+
+def respond_path(count: str, *headers: str, **params: str) -> str:
     query = urlencode([("count", count), *(("h", h) for h in headers), *params.items()])
-    return f"http://{FLEX}/respond?{query}"
+    return f"/respond?{query}"
 
 
 def origin_count(http: httpx.Client, count: str) -> int:
@@ -408,6 +462,178 @@ def test_stale_if_error_and_plain_errors(http):
     http.get(plain)
     time.sleep(1.3)
     assert http.get(plain).status_code == 500
+
+
+# -- to the letter, on every tier: RFC 9111 §4.4, §5.1, §5.3, §4.1, §3.1, RFC 9213 ------------
+tier = pytest.mark.parametrize("node_at", list(TIERS.values()), ids=list(TIERS))
+
+
+def _count(node_at: str, name: str) -> str:
+    return f"{name}@{node_at}"
+
+
+@tier
+def test_unsafe_methods_pass_through_and_invalidate_the_target(http, node_at):
+    count = _count(node_at, "unsafe")
+    url = respond(count, "Cache-Control: max-age=60", at=node_at)
+    assert [http.get(url).headers["x-cache"] for _ in range(2)] == ["MISS", "HIT"]
+    posted = http.post(url, content=b"order=1")
+    assert posted.status_code == 200 and posted.headers["x-cache"] == "PASS"
+    assert http.get(url).headers["x-cache"] == "MISS"  # §4.4: invalidated by the POST
+    assert origin_count(http, count) == 3
+    for method in ("PUT", "DELETE", "PATCH", "M-SEARCH"):
+        assert http.get(url).headers["x-cache"] == "HIT"
+        r = http.request(method, url)
+        assert r.status_code == 200 and r.headers["x-cache"] == "PASS", method
+        assert http.get(url).headers["x-cache"] == "MISS", method  # invalidated again
+    before = origin_count(http, count)
+    for _ in range(2):  # an unsafe method's answer is never stored
+        assert http.request("M-SEARCH", url).headers["x-cache"] == "PASS"
+    assert origin_count(http, count) == before + 2
+
+
+@tier
+def test_location_and_content_location_on_the_same_host_are_invalidated(http, node_at):
+    stored = [respond(_count(node_at, f"loc-{n}"), "Cache-Control: max-age=60", at=node_at)
+              for n in range(4)]  # fmt: skip
+    for url in stored:
+        http.get(url)
+        assert http.get(url).headers["x-cache"] == "HIT"
+    paths = [url.split(node_at, 1)[1] for url in stored]
+    action = respond(
+        _count(node_at, "loc-post"), f"Location: {paths[0]}",
+        f"Content-Location: http://{node_at}{paths[1]}",
+        at=node_at, status="201",
+    )  # fmt: skip
+    assert http.post(action).status_code == 201
+    assert http.get(stored[0]).headers["x-cache"] == "MISS"
+    assert http.get(stored[1]).headers["x-cache"] == "MISS"
+    # Another host's URI is not this site's to evict, and an error answer evicts nothing.
+    elsewhere = respond(_count(node_at, "loc-other"), f"Location: http://elsewhere.example{paths[2]}",
+                        at=node_at, status="201")  # fmt: skip
+    http.post(elsewhere)
+    assert http.get(stored[2]).headers["x-cache"] == "HIT"
+    failed = respond(_count(node_at, "loc-fail"), f"Location: {paths[3]}", at=node_at,
+                     status="500")  # fmt: skip
+    assert http.post(failed).status_code == 500
+    assert http.get(stored[3]).headers["x-cache"] == "HIT"
+
+
+INVALID_EXPIRES = {
+    "utc": "{day}, {d} {mon} {y} 02:01:18 UTC",
+    "two-digit-year": "{day}, {d} {mon} 50 02:01:18 GMT",
+    "no-comma": "{day} {d} {mon} {y} 02:01:18 GMT",
+    "extra-spaces": "{day}, {d}  {mon}  {y} 02:01:18 GMT",
+    "dashes": "{day}, {d}-{mon}-{y} 02:01:18 GMT",
+    "periods": "{day}, {d} {mon} {y} 02.01.18 GMT",
+    "one-digit-hour": "{day}, {d} {mon} {y} 2:01:18 GMT",
+}
+
+
+@tier
+@pytest.mark.parametrize("form", [*INVALID_EXPIRES, "two-lines"])
+def test_an_invalid_expires_is_stale(http, node_at, form):
+    future = time.gmtime(time.time() + 30 * 86400)
+    fields = {"day": time.strftime("%a", future), "d": time.strftime("%d", future),
+              "mon": time.strftime("%b", future), "y": time.strftime("%Y", future)}  # fmt: skip
+    if form == "two-lines":
+        good = time.strftime("%a, %d %b %Y %H:%M:%S GMT", future)
+        headers = [f"Expires: {good}", f"Expires: {good}"]
+    else:
+        headers = [f"Expires: {INVALID_EXPIRES[form].format(**fields)}"]
+    url = respond(_count(node_at, f"expires-{form}"), *headers, at=node_at)
+    assert [http.get(url).headers["x-cache"] for _ in range(2)] == ["MISS", "MISS"]
+
+
+@tier
+@pytest.mark.parametrize("age", ["old, 0", "7200, 0", "abc"])
+def test_an_age_that_is_not_one_number_is_stale(http, node_at, age):
+    url = respond(_count(node_at, f"age-{age}"), "Cache-Control: max-age=3600", f"Age: {age}",
+                  at=node_at)  # fmt: skip
+    assert http.get(url).headers["x-cache"] == "MISS"
+    assert http.get(url).headers["x-cache"] != "HIT"
+
+
+@tier
+@pytest.mark.parametrize("directive", ["must-revalidate", "immutable"])
+def test_once_stale_it_is_revalidated_never_served_stale(http, node_at, directive):
+    cc = f"Cache-Control: max-age=1, {directive}, stale-while-revalidate=30, stale-if-error=60"
+    fine = respond(_count(node_at, f"mr-{directive}"), cc, 'ETag: "m"', at=node_at)
+    assert http.get(fine).headers["x-cache"] == "MISS"
+    assert http.get(fine).headers["x-cache"] == "HIT"  # fresh: reused as it is
+    failing = respond(_count(node_at, f"mr-fail-{directive}"), cc, 'ETag: "m"', at=node_at,
+                      fail_after="1")  # fmt: skip
+    assert http.get(failing).status_code == 200
+    time.sleep(1.3)
+    assert http.get(fine).headers["x-cache"] == "REVALIDATED"  # not STALE, whatever swr says
+    broken = http.get(failing)  # the origin fails now: an error, not the stale copy
+    assert broken.status_code == 500 and broken.headers.get("x-cache") != "STALE"
+
+
+@tier
+@pytest.mark.parametrize(
+    "vary",
+    [["*, *"], [", *"], ["*, Foo"], ["Foo, *"], ["Foo", "*"]],
+    ids=["star-star", "comma-star", "star-foo", "foo-star", "two-lines"],
+)
+def test_vary_star_in_any_form_is_never_reused(http, node_at, vary):
+    url = respond(_count(node_at, f"vary-{vary}"), "Cache-Control: max-age=60",
+                  *(f"Vary: {v}" for v in vary), at=node_at)  # fmt: skip
+    assert [http.get(url).headers["x-cache"] for _ in range(2)] == ["MISS", "MISS"]
+
+
+@tier
+def test_headers_listed_in_connection_are_not_stored(http, node_at):
+    url = respond(_count(node_at, "conn"), "Cache-Control: max-age=60", "Connection: X-Secret",
+                  "X-Secret: per-connection", "X-Kept: yes", at=node_at)  # fmt: skip
+    first, second = http.get(url), http.get(url)
+    assert second.headers["x-cache"] == "HIT"
+    for r in (first, second):
+        assert "x-secret" not in r.headers and r.headers["x-kept"] == "yes"
+
+
+@tier
+def test_cdn_cache_control_is_obeyed_over_cache_control(http, node_at):
+    short = respond(_count(node_at, "cdncc-short"), "Cache-Control: max-age=3600",
+                    "CDN-Cache-Control: max-age=1", at=node_at)  # fmt: skip
+    assert [http.get(short).headers["x-cache"] for _ in range(2)] == ["MISS", "HIT"]
+    time.sleep(1.3)
+    assert http.get(short).headers["x-cache"] != "HIT"  # the CDN's one second, not an hour
+    stored = respond(_count(node_at, "cdncc-nostore"), "Cache-Control: no-store",
+                     "CDN-Cache-Control: max-age=60", at=node_at)  # fmt: skip
+    assert [http.get(stored).headers["x-cache"] for _ in range(2)] == ["MISS", "HIT"]
+    for value in ("private", "no-store"):
+        kept_out = respond(_count(node_at, f"cdncc-{value}"), "Cache-Control: max-age=60",
+                           f"CDN-Cache-Control: {value}", at=node_at)  # fmt: skip
+        assert [http.get(kept_out).headers["x-cache"] for _ in range(2)] == ["MISS", "MISS"]
+    no_cache = respond(_count(node_at, "cdncc-nocache"), "Cache-Control: max-age=60",
+                       "CDN-Cache-Control: no-cache", 'ETag: "c"', at=node_at)  # fmt: skip
+    assert [http.get(no_cache).headers["x-cache"] for _ in range(2)] == ["MISS", "REVALIDATED"]
+
+
+def test_interim_responses_and_chunked_framing_are_not_stored(chain):
+    request = b"GET /early HTTP/1.1\r\nHost: img.shop.example\r\nConnection: close\r\n\r\n"
+    first, second = raw(RAW_NODE, request), raw(RAW_NODE, request)
+    for answer in (first, second):
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head  # never the 103
+        assert b"transfer-encoding" not in head.lower() and body == b"hello"
+    assert b"X-Cache: MISS" in first and b"X-Cache: HIT" in second
+
+
+def test_a_read_only_edge_refuses_other_methods(http):
+    r = http.post(signed("/img/items/1/thumb.png"), content=b"x")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+
+
+def test_origin_gives_the_cdn_a_day_and_browsers_five_minutes(http):
+    r = http.get(f"http://{ORIGIN}/img/items/9/thumb.png")
+    assert "max-age=86400" in r.headers["cdn-cache-control"]
+    assert "max-age=300" in r.headers["cache-control"]
+    through = http.get(
+        signed("/img/items/9/thumb.png"), headers={"Referer": "https://shop.example/"}
+    )
+    assert through.status_code == 200 and "max-age=300" in through.headers["cache-control"]
 
 
 def test_request_collapsing(http, chain):

@@ -296,6 +296,15 @@ def _parse_file(path: Path) -> list[Directive]:
         raise ConfigError(f"{exc.strerror} in {exc.filename}:{exc.lineno}") from None
     except OSError as exc:
         raise ConfigError(f'open() "{path}" failed ({exc.strerror})') from None
+    for error in payload.get("errors") or ():
+        # crossplane records an include it could not open instead of raising: say it as
+        # nginx does, naming the file and the include's line.
+        message = str(error.get("error", ""))
+        missing = re.search(r"\[Errno (\d+)\] ([^:]+): '([^']+)'", message)
+        if missing:
+            errno, reason, name = missing.groups()
+            message = f'open() "{name}" failed ({errno}: {reason})'
+        raise ConfigError(f"{message} in {error.get('file', path)}:{error.get('line', '?')}")
     parsed = payload["config"][0]["parsed"]
     _unescape(parsed)
     return parsed

@@ -215,6 +215,21 @@ class Master:
             _signal(pid, signal.SIGKILL)
 
 
+def link_config(conf: Path, run_dir: Path) -> None:
+    """Links to the config files in the run directory, so that real nginx checks the very
+    files this gateway runs, resolving their relative paths as the gateway does: nginx
+    takes ``include`` and ``ssl_certificate`` from the config file's folder, where the run
+    directory's ``pki/`` then is:
+    ``nginx -t -p "$PWD/.run/" -c "$PWD/.run/gateway.conf" -g 'pid nginx.pid; error_log stderr;'``.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for source in conf.parent.glob("*.conf"):
+        tmp = run_dir / f".{source.name}.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(source.resolve())
+        tmp.replace(run_dir / source.name)  # atomic: two gateways may share the run dir
+
+
 def _signal(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
@@ -247,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     settings = Settings.from_env(name="gateway", role="gateway", port=8080)
     setup_logging(settings.name, settings.log_level)
+    link_config(conf, settings.run_dir)
     master = Master(settings, conf, ext)
     try:
         master.prepare(config)

@@ -428,12 +428,17 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     p = parser()
-    # Everything after `test` belongs to pytest, after `load` to the load script, etc.
-    for command, run in [("test", cmd_test), *((n, f) for n, _, f in PASSTHROUGH)]:
-        if command in argv:
-            i = argv.index(command)
+    # Everything after `test` belongs to pytest, after `load` to the load script, etc.:
+    # the first word that names a command decides (`docker compose ps` is docker's).
+    passthrough = {"test": cmd_test, **{n: f for n, _, f in PASSTHROUGH}}
+    for i, word in enumerate(argv):
+        if i and argv[i - 1] == "--topology":
+            continue
+        if word in passthrough:
             args = p.parse_args(argv[: i + 1])
-            raise SystemExit(run(args, argv[i + 1 :]))
+            raise SystemExit(passthrough[word](args, argv[i + 1 :]))
+        if not word.startswith("-"):
+            break  # another command: argparse has it
     args = p.parse_args(argv)
     try:
         raise SystemExit(args.func(args))

@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             down()
         else:
             ensure_engine()
-            return compose(*a.args, env=environment(base_image_hint()), check=False)
+            args = a.args[1:] if a.args[:1] == ["--"] else a.args  # `compose -- exec …`
+            return compose(*args, env=environment(base_image_hint()), check=False)
     except (DockerError, subprocess.CalledProcessError) as exc:
         say(str(exc))
         return 1

@@ -345,14 +345,14 @@ class Decoder:
         self.pos += 1
         return b
 
-    def read_int(self) -> int:
-        value = self.read()
+    def read_int(self, depth: int = 0) -> int:
+        value = self.read(depth)
         if type(value) is not int:
             raise HessianError(f"expected an int, got {type(value).__name__}")
         return value
 
-    def read_string(self) -> str:
-        value = self.read()
+    def read_string(self, depth: int = 0) -> str:
+        value = self.read(depth)
         if not isinstance(value, str):
             raise HessianError(f"expected a string, got {type(value).__name__}")
         return value
@@ -416,8 +416,8 @@ class Decoder:
                 raise HessianError(f"expected a binary chunk, got {tag:#x}")
         return b"".join(parts)
 
-    def _type(self) -> str:
-        value = self.read()
+    def _type(self, depth: int = 0) -> str:
+        value = self.read(depth)
         if isinstance(value, str):
             self._types.append(value)
             return value
@@ -425,8 +425,8 @@ class Decoder:
             return self._types[value]
         raise HessianError(f"bad type reference {value!r}")
 
-    def _length(self) -> int:
-        n = self.read_int()
+    def _length(self, depth: int = 0) -> int:
+        n = self.read_int(depth)
         if n < 0 or n > len(self.data) - self.pos:
             raise HessianError(f"list length {n} is more than the data left")
         return n
@@ -494,15 +494,15 @@ class Decoder:
                 raise HessianError(f"date out of range: {delta}") from None
         # lists
         if 0x78 <= tag <= 0x7F or tag == 0x58:
-            n = tag - 0x78 if tag >= 0x78 else self._length()
+            n = tag - 0x78 if tag >= 0x78 else self._length(depth + 1)
             return self._list_items(n, depth)
         if 0x70 <= tag <= 0x77 or tag == 0x56:
-            self._type()
-            n = tag - 0x70 if tag <= 0x77 else self._length()
+            self._type(depth + 1)
+            n = tag - 0x70 if tag <= 0x77 else self._length(depth + 1)
             return self._list_items(n, depth)
         if tag in (0x55, 0x57):
             if tag == 0x55:
-                self._type()
+                self._type(depth + 1)
             items: list[Any] = []
             self._refs.append(items)
             while self._peek() != 0x5A:
@@ -512,7 +512,7 @@ class Decoder:
         # maps
         if tag in (0x48, 0x4D):
             if tag == 0x4D:
-                self._type()
+                self._type(depth + 1)
             mapping: dict[Any, Any] = {}
             self._refs.append(mapping)
             while self._peek() != 0x5A:
@@ -525,14 +525,14 @@ class Decoder:
             return mapping
         # objects
         if tag == 0x43:
-            name = self.read_string()
-            count = self.read_int()
+            name = self.read_string(depth + 1)
+            count = self.read_int(depth + 1)
             if not 0 <= count <= len(self.data) - self.pos:
                 raise HessianError(f"class {name} claims {count} fields")
-            self._classes.append((name, [self.read_string() for _ in range(count)]))
-            return self.read(depth)  # a definition is followed by its instance
+            self._classes.append((name, [self.read_string(depth + 1) for _ in range(count)]))
+            return self.read(depth + 1)  # a definition, then its instance
         if 0x60 <= tag <= 0x6F or tag == 0x4F:
-            index = tag - 0x60 if tag != 0x4F else self.read_int()
+            index = tag - 0x60 if tag != 0x4F else self.read_int(depth + 1)
             if not 0 <= index < len(self._classes):
                 raise HessianError(f"undefined class reference {index}")
             name, names = self._classes[index]
@@ -542,7 +542,7 @@ class Decoder:
                 obj.fields[field_name] = self.read(depth + 1)
             return obj
         if tag == 0x51:
-            number = self.read_int()
+            number = self.read_int(depth + 1)
             if not 0 <= number < len(self._refs):
                 raise HessianError(f"bad back-reference {number}")
             return self._refs[number]

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from infra import ROOT
-from tests.peers import nginx_test, our_gateway, real_nginx, upstreams, wait_port
+from tests.peers import nginx_binary, nginx_test, our_gateway, real_nginx, upstreams, wait_port
 
 OURS, NGINX = "127.10.8.1:8080", "127.10.8.2:8080"
 U1, U2, U3, U4, U5 = (f"127.10.8.{n}:9000" for n in (11, 12, 13, 14, 15))
@@ -128,6 +128,32 @@ def test_shipped_config_passes_real_nginx_and_ours(tmp_path):
     assert "test is successful" in result.stderr
     ours = _gateway_t(ROOT / "gateway" / "gateway.conf")
     assert ours.returncode == 0 and "test is successful" in ours.stderr, ours.stderr
+
+
+def test_the_documented_nginx_command_passes_on_a_running_stack(stack):
+    """gateway.conf's header says how real nginx checks the running gateway's config: the
+    gateway links it into the run directory, beside pki/. That very command must pass."""
+    header = (ROOT / "gateway" / "gateway.conf").read_text().splitlines()
+    line = next(x for x in header if x.lstrip("# ").startswith("nginx -t"))
+    command = line.lstrip("# ").split("   ")[0].replace("$PWD/.run/", f"{stack.run_dir}/")
+    import shlex
+    import subprocess
+
+    argv = shlex.split(command)
+    argv[0] = nginx_binary()
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=stack.run_dir)
+    assert result.returncode == 0, (argv, result.stderr)
+    assert "test is successful" in result.stderr
+
+
+def test_a_missing_include_is_named_as_nginx_names_it(tmp_path):
+    (tmp_path / "gateway.conf").write_text((ROOT / "gateway" / "gateway.conf").read_text())
+    ours = _gateway_t(tmp_path / "gateway.conf")
+    theirs = nginx_test(tmp_path / "gateway.conf", tmp_path)
+    missing = f'open() "{tmp_path}/api-locations.conf" failed (2: No such file or directory)'
+    for result in (ours, theirs):
+        assert result.returncode == 1
+        assert missing in result.stderr and "gateway.conf:" in result.stderr, result.stderr
 
 
 def _gateway_t(conf: Path):

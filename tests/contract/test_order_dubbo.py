@@ -173,6 +173,32 @@ def test_undecodable_body_is_status_40_and_the_connection_lives(endpoint):
         assert read_frame(sock)[1:3] == (20, 6)
 
 
+@pytest.mark.parametrize(
+    "argument",
+    [
+        bytes([0x79]) * 200 + bytes([0x90]),  # lists in lists, 200 deep
+        (bytes([0x43, 0x01, 0x61, 0x90])) * 3000 + bytes([0x60]),  # class definitions chained
+    ],
+    ids=["nested-lists", "chained-definitions"],
+)
+def test_a_body_nested_past_the_limit_is_status_40_naming_it(endpoint, argument):
+    """Nesting is bounded (64 levels) wherever it hides, including inside a class name or
+    a chain of definitions: the protocol's bad request, not a server error."""
+    head = b"".join(
+        bytes([len(t)]) + t.encode() for t in ("2.0.2", SERVICE, "1.0.0", "echo")
+    )  # compact strings: version, path, service version, method
+    descriptor = b"\x12Ljava/lang/Object;"
+    body = head + descriptor + argument + b"\x48\x5a"  # the argument, empty attachments
+    with connect(endpoint) as sock:
+        sock.sendall(frame(0xC2, 9, body))
+        _, status, request_id, reply = read_frame(sock)
+        assert (status, request_id) == (40, 9)
+        message = hessian_values(reply)[0]
+        assert "nested deeper than 64" in message and "Recursion" not in message
+        sock.sendall(echo_bytes(10))
+        assert read_frame(sock)[1:3] == (20, 10)  # the connection still serves
+
+
 def test_wrong_serialization_is_status_40(endpoint):
     with connect(endpoint) as sock:
         sock.sendall(frame(0xC0 | 6, 8, echo_bytes(8)[16:]))  # 6 = kryo

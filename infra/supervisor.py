@@ -203,6 +203,11 @@ class Supervisor:
     def _exited(self, group: list[Any], state: HostState, record: Any, now: float) -> None:
         names = [h.name for h in group]
         status = self.exits.pop(record.pid, None) if record is not None else None
+        if record is not None and status is None:
+            # It died after this tick's reaping: a child of ours is a zombie until now.
+            with contextlib.suppress(ChildProcessError):
+                pid, raw = os.waitpid(record.pid, os.WNOHANG)
+                status = raw if pid else None
         if record is not None:
             # A dead leader's workers (the gateway's forks) may still hold its sockets.
             with contextlib.suppress(ProcessLookupError, PermissionError):

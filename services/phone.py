@@ -282,6 +282,9 @@ class Phone:
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 journey.outcome = "network"
                 root.set_attribute("d11.phone.error", repr(exc))
+            except Exception as exc:  # a phone's own bug is one failed visit, not the run's end
+                journey.outcome = f"phone-{type(exc).__name__}"
+                root.set_attribute("d11.phone.error", repr(exc))
             root.set_attribute("d11.phone.outcome", journey.outcome)
         return journey
 
@@ -325,6 +328,12 @@ class Phone:
                 return await attempt(n)
             except (_Retryable, aiohttp.ClientConnectionError, TimeoutError, OSError):
                 if n == RETRY_ATTEMPTS - 1:
+                    raise
+            except RuntimeError as exc:
+                # uvloop, under resets, may find a reused descriptor still held by a closed
+                # transport ("File descriptor N is used by transport"): a socket error for
+                # the app, so tried again on a new socket.
+                if "used by transport" not in str(exc) or n == RETRY_ATTEMPTS - 1:
                     raise
             journey.retries += 1
             await asyncio.sleep(RETRY_BACKOFF_S[n] * (0.5 + secrets.randbelow(1000) / 1000))

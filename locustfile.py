@@ -18,6 +18,7 @@ from locust import HttpUser, between, task
 
 from infra import topology
 from infra.launcher import run_dir
+from services.wires import PROTOCOLS
 
 TOPOLOGY = topology.load()
 GATEWAY = TOPOLOGY.by_role("gateway")[0].address
@@ -55,7 +56,7 @@ class Phone(HttpUser):
         body = {"user_id": self.user_id, "lines": [{"item_id": item, "quantity": 1}]}
         headers = {
             "Idempotency-Key": str(uuid.uuid4()),
-            "X-Order-Protocol": random.choice(["grpc", "dubbo", "soap"]),
+            "X-Order-Protocol": random.choice(PROTOCOLS),
             "X-User-Id": self.user_id,
         }
         with self.client.post(

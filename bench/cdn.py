@@ -16,9 +16,9 @@ from pathlib import Path
 
 import httpx
 
+from bench.peers import our_service, real_nginx
 from bench.wrk import measure, print_results
 from infra.config import LAB_ADMIN_TOKEN
-from tests.peers import our_service, real_nginx
 
 ORIGIN = ("127.30.8.1", 8000)
 OURS = ("127.30.8.2", 8000)

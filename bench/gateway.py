@@ -15,8 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from bench.peers import our_gateway, real_nginx, wait_port
 from bench.wrk import measure, print_results
-from tests.peers import our_gateway, real_nginx, wait_port
 
 UPSTREAM = "127.10.8.30:9100"
 OURS = ("127.10.8.31", 8080)

@@ -25,22 +25,17 @@ import yaml
 
 from infra.launcher import Launcher
 from infra.topology import load
-from rpc.client import GrpcClient
-from rpc.dubbo import order as dubbo_order
-from rpc.dubbo.client import DubboClient
-from rpc.proto import order_pb2, order_pb2_grpc
-from rpc.soap.client import SoapOrderClient
+from services.order_api import Line, PlaceOrder
+from services.wires import WIRES
 
+# One host per wire, on its own address; the health probe by the wire's transport.
+PORTS = {"grpc": (50051, "grpc"), "dubbo": (20880, "dubbo"), "soap": (8081, "http"),
+         "oncrpc": (20049, "oncrpc")}  # fmt: skip
 HOSTS = {
-    "soap": ("rpc.soap", "order-soap", "127.10.7.31", 8081, "http"),
-    "dubbo": ("rpc.dubbo", "order-dubbo", "127.10.7.32", 20880, "dubbo"),
-    "grpc": ("rpc.grpc", "order-grpc", "127.10.7.33", 50051, "grpc"),
+    name: (wire.module, wire.role, f"127.10.7.{31 + i}", *PORTS[name])
+    for i, (name, wire) in enumerate(WIRES.items())
 }
-REQUEST = order_pb2.PlaceOrderRequest(
-    idempotency_key="bench",
-    user_id="bench-user",
-    lines=[order_pb2.OrderLine(item_id=7, quantity=2), order_pb2.OrderLine(item_id=8, quantity=1)],
-)
+REQUEST = PlaceOrder("bench", "bench-user", (Line(7, 2), Line(8, 1)))
 
 
 def topology_file(directory: Path) -> Path:
@@ -54,6 +49,7 @@ def topology_file(directory: Path) -> Path:
             "module": module,
             "env": {
                 "D11_ORDER_BACKEND": "noop",
+                "D11_PORTMAP_PORT": "10111",  # the benchmark needs no privileged port
                 "OTEL_TRACES_EXPORTER": "none",
                 "OTEL_SDK_DISABLED": "true",
             },
@@ -89,7 +85,7 @@ class RawSoapClient:
         if self.session is not None:
             await self.session.close()
 
-    async def call(self, method: str, request: Any) -> None:
+    async def place(self, request: Any, *, timeout: float) -> None:
         assert self.session is not None
         headers = {"Content-Type": "text/xml; charset=utf-8"}
         async with self.session.post(self.url, data=self.BODY, headers=headers) as r:
@@ -99,15 +95,10 @@ class RawSoapClient:
 
 
 def client(protocol: str, target: str) -> Any:
+    """The wire's own client (the order contract), or the raw SOAP poster."""
     if protocol == "soap-raw":
         return RawSoapClient(target)
-    if protocol == "grpc":
-        return GrpcClient(target, order_pb2_grpc.OrderServiceStub, 10.0)
-    if protocol == "dubbo":
-        return dubbo_order.OrderClient(
-            DubboClient(target, dubbo_order.SERVICE, dubbo_order.VERSION, 10.0)
-        )
-    return SoapOrderClient(target, 10.0)
+    return WIRES[protocol].load().Client(target, 10.0)
 
 
 class Relay:
@@ -144,7 +135,7 @@ async def run(protocol: str, target: str, calls: int, concurrency: int, limit: f
     c = client(protocol, target)
     await c.start()
     try:
-        await c.call("PlaceOrder", REQUEST)  # warm up: connections, WSDL, channels
+        await c.place(REQUEST, timeout=10.0)  # warm up: connections, WSDL, channels
         latencies: list[float] = []
         remaining = calls
         stop_at = time.monotonic() + limit
@@ -154,7 +145,7 @@ async def run(protocol: str, target: str, calls: int, concurrency: int, limit: f
             while remaining > 0 and time.monotonic() < stop_at:
                 remaining -= 1
                 started = time.perf_counter()
-                await c.call("PlaceOrder", REQUEST)
+                await c.place(REQUEST, timeout=10.0)
                 latencies.append(time.perf_counter() - started)
 
         began = time.perf_counter()
@@ -172,10 +163,10 @@ async def wire_bytes(protocol: str, address: str, port: int, calls: int = 200) -
     c = client(protocol, target)
     await c.start()
     try:
-        await c.call("PlaceOrder", REQUEST)
+        await c.place(REQUEST, timeout=10.0)
         relay.bytes = 0  # connection set-up and warm-up not counted
         for _ in range(calls):
-            await c.call("PlaceOrder", REQUEST)
+            await c.place(REQUEST, timeout=10.0)
     finally:
         await c.stop(1)
         await asyncio.sleep(0.1)  # let the relay's pumps see the connections close
@@ -195,7 +186,9 @@ def main() -> None:
         try:
             rows = {}
             runs = [(p, h[2], h[3]) for p, h in HOSTS.items()]
-            runs.insert(1, ("soap-raw", HOSTS["soap"][2], HOSTS["soap"][3]))
+            runs.insert(
+                list(HOSTS).index("soap") + 1, ("soap-raw", HOSTS["soap"][2], HOSTS["soap"][3])
+            )
             for protocol, address, port in runs:
                 target = f"{address}:{port}"
                 one = asyncio.run(run(protocol, target, min(args.calls, 1000), 1, args.max_seconds))

@@ -40,8 +40,7 @@ from cdn.semantics import bad_path
 from infra.config import LAB_ADMIN_TOKEN
 from infra.http import HttpServer, make_app
 from infra.service import Component, Context, run
-from services import catalog
-from services.problems import problem, problem_middleware
+from rpc.problems import problem, problem_middleware
 
 DEFAULT_CACHE_CONTROL = (
     "public, max-age=300, s-maxage=3600, stale-while-revalidate=60, stale-if-error=86400"
@@ -49,6 +48,9 @@ DEFAULT_CACHE_CONTROL = (
 # What the CDN's tiers keep (RFC 9213: they obey it over Cache-Control): a day, while
 # browsers keep five minutes. A purge is how the shop takes an image back sooner.
 DEFAULT_CDN_CACHE_CONTROL = "max-age=86400, stale-while-revalidate=60, stale-if-error=86400"
+# The shop's catalogue numbers its items 1..300 (D11_ORIGIN_ITEMS): the origin makes an
+# image for each, as the shop's upload job would have.
+CATALOGUE_ITEMS = 300
 # The catalogue's images are dated to the catalogue's launch, so every machine agrees.
 CATALOGUE_DATE = 1793491200.0  # 2026-11-01T00:00:00Z
 IMAGE_PATH = re.compile(r"^/img/items/(\d+)/(main|thumb)\.png$")
@@ -88,9 +90,14 @@ class ObjectStore:
     """Objects on disk, their metadata in memory; file I/O runs off the event loop."""
 
     def __init__(
-        self, root: Path, default_cache_control: str, default_cdn_cache_control: str = ""
+        self,
+        root: Path,
+        default_cache_control: str,
+        default_cdn_cache_control: str = "",
+        items: int = CATALOGUE_ITEMS,
     ) -> None:
         self.root = root
+        self.items = items  # the catalogue's item ids are 1..items
         self.root.mkdir(parents=True, exist_ok=True)
         self.default_cache_control = default_cache_control
         self.default_cdn_cache_control = default_cdn_cache_control
@@ -110,7 +117,7 @@ class ObjectStore:
         meta = self.meta.get(path)
         if meta is None:
             m = IMAGE_PATH.match(path)
-            if not m or path in self.deleted or catalog.get(int(m.group(1))) is None:
+            if not m or path in self.deleted or not 1 <= int(m.group(1)) <= self.items:
                 return None
             body = await asyncio.to_thread(product_png, int(m.group(1)), m.group(2))
             meta = await self.put(path, body, "image/png", None, None, CATALOGUE_DATE)
@@ -239,6 +246,7 @@ async def build(ctx: Context) -> Sequence[Component]:
         s.data_dir / "objects",
         s.get("ORIGIN_CACHE_CONTROL", DEFAULT_CACHE_CONTROL),
         s.get("ORIGIN_CDN_CACHE_CONTROL", DEFAULT_CDN_CACHE_CONTROL),
+        s.get_int("ORIGIN_ITEMS", CATALOGUE_ITEMS),
     )
     origin = Origin(store, s.get("ADMIN_TOKEN", LAB_ADMIN_TOKEN), max_object)
     app = make_app(ctx, client_max_size=max_object + 1)

@@ -14,6 +14,7 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from infra import healthcheck
 from infra.topology import Host
 
 Probe = Callable[[Host, float], Awaitable[bool]]
@@ -42,23 +43,9 @@ async def probe_grpc(host: Host, timeout: float) -> bool:
 
 
 async def probe_dubbo(host: Host, timeout: float) -> bool:
-    """A Dubbo heartbeat (two-way event) must come back as an event response."""
-    from rpc.dubbo import codec
-
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host.address, host.port)
-            try:
-                writer.write(codec.encode_frame(codec.Frame(1, True, event=True, body=b"N")))
-                header = await reader.readexactly(codec.HEADER_SIZE)
-                frames = codec.FrameDecoder().feed(
-                    header + await reader.readexactly(int.from_bytes(header[12:], "big"))
-                )
-                return bool(frames) and frames[0].event and frames[0].status == codec.Status.OK
-            finally:
-                writer.close()
-    except (OSError, TimeoutError, asyncio.IncompleteReadError, codec.FrameError):
-        return False
+    """A Dubbo heartbeat (two-way event) must come back as an event response (the
+    container check's own probe, raw bytes, off the event loop)."""
+    return await _blocking(healthcheck.dubbo, host)
 
 
 async def probe_dns(host: Host, timeout: float) -> bool:
@@ -98,12 +85,25 @@ async def probe_nat(host: Host, timeout: float) -> bool:
         return False
 
 
+async def probe_oncrpc(host: Host, timeout: float) -> bool:
+    """A NULL call answered (the container check's own probe, off the event loop)."""
+    return await _blocking(healthcheck.oncrpc, host)
+
+
+async def _blocking(check: Callable[[str, int], bool], host: Host) -> bool:
+    try:
+        return await asyncio.to_thread(check, host.address, host.port)
+    except (OSError, ValueError):
+        return False
+
+
 PROBES: dict[str, Probe] = {
     "http": probe_http,
     "grpc": probe_grpc,
     "dubbo": probe_dubbo,
     "dns": probe_dns,
     "nat": probe_nat,
+    "oncrpc": probe_oncrpc,
 }
 
 

@@ -62,7 +62,18 @@ def dubbo(address: str, port: int) -> bool:
     return bool(header[2] & 0x20) and header[3] == 20
 
 
-PROBES = {"http": http, "dns": dns, "grpc": grpc, "dubbo": dubbo}
+def oncrpc(address: str, port: int) -> bool:
+    """An ONC RPC call (RFC 5531) to procedure 0 (NULL) of program 0, record-marked: any
+    reply to our xid (PROG_UNAVAIL included) is an RPC server answering."""
+    xid = 0x0D110D11
+    call = struct.pack("!10I", xid, 0, 2, 0, 0, 0, 0, 0, 0, 0)  # AUTH_NONE cred and verf
+    with socket.create_connection((address, port), timeout=TIMEOUT) as s:
+        s.sendall(struct.pack("!I", 0x80000000 | len(call)) + call)
+        reply = s.recv(64)
+    return len(reply) >= 12 and struct.unpack("!3I", reply[:12])[1:] == (xid, 1)
+
+
+PROBES = {"http": http, "dns": dns, "grpc": grpc, "dubbo": dubbo, "oncrpc": oncrpc}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@
 #   (a base image without a registry), tshark (the overlay on the wire) and conntrack.
 set -euo pipefail
 packages=(chromium dnsutils bind9-utils bind9 dnsperf libhessian-java postgresql nginx wrk
-          docker.io docker-compose debootstrap tshark conntrack iptables)
+          docker.io docker-compose debootstrap tshark conntrack iptables rpcbind)
 command -v javac >/dev/null 2>&1 || packages+=(default-jdk-headless)
 missing=()
 for pkg in "${packages[@]}"; do

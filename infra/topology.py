@@ -29,16 +29,16 @@ ROLES = frozenset(
         "nat",
         "gateway",
         "controller",
-        "order-soap",
-        "order-dubbo",
-        "order-grpc",
         "inventory",
         "coupon",
         "registry",
         "collector",
     }
 )
-PROTOCOLS = frozenset({"http", "https", "grpc", "dns", "dubbo", "nat"})
+# The order service's roles are its wires' (order-grpc, order-soap, ...): services/wires
+# registers them; infra knows only their shape (a test checks the two agree).
+ORDER_ROLE = re.compile(r"order-[a-z0-9]+")
+PROTOCOLS = frozenset({"http", "https", "grpc", "dns", "dubbo", "nat", "oncrpc"})
 MODES = ("process", "docker")
 
 _REF = re.compile(r"\$\{([a-z0-9-]+)(?:\.(address|port))?\}")
@@ -208,7 +208,7 @@ def _host(path: Path, index: int, entry: Any) -> Host:
         raise TopologyError(f"{where}: missing field {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:
         raise TopologyError(f"{where}: {exc}") from None
-    if host.role not in ROLES:
+    if host.role not in ROLES and not ORDER_ROLE.fullmatch(host.role):
         raise TopologyError(f"{where} ({host.name}): unknown role {host.role!r}")
     if host.protocol not in PROTOCOLS:
         raise TopologyError(f"{where} ({host.name}): unknown protocol {host.protocol!r}")

@@ -25,28 +25,19 @@ from infra.http import HttpServer, make_app
 from infra.service import Component, Context, run
 from rpc.client import GrpcClient
 from rpc.discovery import Discovery
-from rpc.dubbo import order as dubbo_order
-from rpc.dubbo.client import DubboClient
 from rpc.errors import Code, DomainError
-from rpc.proto import (
-    coupon_pb2,
-    coupon_pb2_grpc,
-    inventory_pb2,
-    inventory_pb2_grpc,
-    order_pb2,
-    order_pb2_grpc,
-)
-from rpc.soap.client import SoapOrderClient
+from rpc.problems import problem, problem_middleware
+from rpc.proto import coupon_pb2, coupon_pb2_grpc, inventory_pb2, inventory_pb2_grpc
 from services import catalog
 from services.openapi import document
-from services.problems import problem, problem_middleware
+from services.order_api import Line, Order, OrderApi, PlaceOrder
+from services.wires import WIRES
 
 MAX_BODY = 64 * 1024
 MAX_ID = 2**31 - 1
-PROTOCOLS = ("grpc", "dubbo", "soap")
 
 
-def order_json(order: order_pb2.Order) -> dict[str, Any]:
+def order_json(order: Order) -> dict[str, Any]:
     return {
         "order_id": order.order_id,
         "user_id": order.user_id,
@@ -59,17 +50,14 @@ def order_json(order: order_pb2.Order) -> dict[str, Any]:
             for ln in order.lines
         ],
         "coupon_code": order.coupon_code or None,
-        "status": order_pb2.OrderStatus.Name(order.status),
+        "status": order.status,
         "total_cents": order.total_cents,
         "discount_cents": order.discount_cents,
-        "payable_cents": order.total_cents - order.discount_cents,
+        "payable_cents": order.payable_cents,
         "created_at_ms": order.created_at_ms,
         "updated_at_ms": order.updated_at_ms,
         "reason": order.reason or None,
-        "history": [
-            {"status": order_pb2.OrderStatus.Name(h.status), "at_ms": h.at_ms, "note": h.note}
-            for h in order.history
-        ],
+        "history": [{"status": h.status, "at_ms": h.at_ms, "note": h.note} for h in order.history],
     }
 
 
@@ -98,7 +86,7 @@ def _known_fields(obj: dict, known: frozenset[str], what: str) -> None:
         )
 
 
-def parse_place_order(body: Any, key: str) -> order_pb2.PlaceOrderRequest:
+def parse_place_order(body: Any, key: str) -> PlaceOrder:
     """Check the JSON shape (types, required fields); the domain checks the values."""
     if not isinstance(body, dict):
         raise DomainError(Code.INVALID_ARGUMENT, "the body must be a JSON object")
@@ -112,16 +100,14 @@ def parse_place_order(body: Any, key: str) -> order_pb2.PlaceOrderRequest:
         raise DomainError(Code.INVALID_ARGUMENT, "coupon_code must be a string")
     for ln in lines:
         _known_fields(ln, LINE_FIELDS, "an order line")
-    parsed = [
-        order_pb2.OrderLine(
+    parsed = tuple(
+        Line(
             item_id=_int_field(ln.get("item_id"), "item_id", 1, MAX_ID),
             quantity=_int_field(ln.get("quantity"), "quantity", 1, MAX_ID),
         )
         for ln in lines
-    ]
-    return order_pb2.PlaceOrderRequest(
-        idempotency_key=key, user_id=user, lines=parsed, coupon_code=coupon or ""
     )
+    return PlaceOrder(idempotency_key=key, user_id=user, lines=parsed, coupon_code=coupon or "")
 
 
 class ImageSigner:
@@ -141,38 +127,23 @@ class ImageSigner:
 class Api:
     def __init__(self, settings: Settings) -> None:
         # On Double-11 a phone waits for its order: long enough to ride out the stampede.
-        timeout = settings.get_float("ORDER_TIMEOUT", 10.0)
+        timeout = self.order_timeout = settings.get_float("ORDER_TIMEOUT", 10.0)
         in_flight = settings.get_int("ORDER_MAX_IN_FLIGHT", 64)
         registry = settings.get("REGISTRY", "")
         self.discoveries: list[Discovery] = []
-        self.orders: dict[str, Any] = {}
-        for protocol in PROTOCOLS:
+        self.orders: dict[str, OrderApi] = {}
+        for protocol, wire in WIRES.items():
             # Instances come from the registry; a fixed address (D11_ORDER_GRPC, ...) is for
             # running without one.
             target: str | Discovery
             if registry:
-                target = Discovery(registry, f"order-{protocol}")
+                target = Discovery(registry, wire.role)
                 self.discoveries.append(target)
             elif address := settings.get(f"ORDER_{protocol.upper()}", ""):
                 target = address
             else:
                 continue  # this protocol is not served here
-            if protocol == "grpc":
-                self.orders[protocol] = GrpcClient(
-                    target, order_pb2_grpc.OrderServiceStub, timeout, max_in_flight=in_flight
-                )
-            elif protocol == "soap":
-                self.orders[protocol] = SoapOrderClient(target, timeout, max_in_flight=in_flight)
-            else:
-                self.orders[protocol] = dubbo_order.OrderClient(
-                    DubboClient(
-                        target,
-                        dubbo_order.SERVICE,
-                        dubbo_order.VERSION,
-                        timeout,
-                        max_in_flight=in_flight,
-                    )
-                )
+            self.orders[protocol] = wire.load().Client(target, timeout, max_in_flight=in_flight)
         if not self.orders:
             raise ConfigError("set D11_REGISTRY, or D11_ORDER_GRPC / _DUBBO / _SOAP")
         self.default_protocol = settings.get("ORDER_PROTOCOL", "grpc")
@@ -190,10 +161,11 @@ class Api:
         self.admin_token = settings.get("ADMIN_TOKEN", "")
 
     def components(self) -> list[Component]:
-        return [*self.discoveries, *self.orders.values(), self.inventory, self.coupons]
+        clients: list[Any] = list(self.orders.values())  # every wire's client is a component
+        return [*self.discoveries, *clients, self.inventory, self.coupons]
 
     # -- helpers ---------------------------------------------------------------------
-    def order_client(self, request: web.Request) -> Any:
+    def order_client(self, request: web.Request) -> OrderApi:
         protocol = request.headers.get("X-Order-Protocol", self.default_protocol).lower()
         client = self.orders.get(protocol)
         if client is None:
@@ -304,18 +276,15 @@ def routes(api: Api) -> web.RouteTableDef:
             )
         client = api.order_client(request)
         command = parse_place_order(await _json_body(request), key)
-        # The key makes the call idempotent, so a lost connection may be retried.
-        order = await client.call("PlaceOrder", command, retries=1)
+        order = await client.place(command, timeout=api.order_timeout)
         return web.json_response(
             order_json(order), status=201, headers={"Location": f"/api/orders/{order.order_id}"}
         )
 
     @r.get("/api/orders/{order_id}")
     async def get_order(request: web.Request) -> web.Response:
-        order = await api.order_client(request).call(
-            "GetOrder",
-            order_pb2.GetOrderRequest(order_id=request.match_info["order_id"]),
-            retries=1,
+        order = await api.order_client(request).get(
+            request.match_info["order_id"], timeout=api.order_timeout
         )
         return web.json_response(order_json(order))
 
@@ -327,10 +296,8 @@ def routes(api: Api) -> web.RouteTableDef:
             reason = body.get("reason", "") if isinstance(body, dict) else None
             if not isinstance(reason, str) or len(reason) > 200:
                 raise DomainError(Code.INVALID_ARGUMENT, 'the body is {"reason": string ≤ 200}')
-        order = await api.order_client(request).call(
-            "CancelOrder",
-            order_pb2.CancelOrderRequest(order_id=request.match_info["order_id"], reason=reason),
-            retries=1,  # cancelling twice is cancelling once
+        order = await api.order_client(request).cancel(
+            request.match_info["order_id"], reason, timeout=api.order_timeout
         )
         return web.json_response(order_json(order))
 
@@ -339,12 +306,10 @@ def routes(api: Api) -> web.RouteTableDef:
         limit = _query_int(request, "limit", 20, 1, 100)
         if len(request.match_info["user_id"]) > 64:
             raise DomainError(Code.INVALID_ARGUMENT, "user_id is at most 64 characters")
-        reply = await api.order_client(request).call(
-            "ListOrders",
-            order_pb2.ListOrdersRequest(user_id=request.match_info["user_id"], limit=limit),
-            retries=1,
+        found = await api.order_client(request).list(
+            request.match_info["user_id"], limit, timeout=api.order_timeout
         )
-        return web.json_response({"orders": [order_json(o) for o in reply.orders]})
+        return web.json_response({"orders": [order_json(o) for o in found]})
 
     @r.put(r"/api/admin/items/{item_id:\d{1,10}}/stock")
     async def set_stock(request: web.Request) -> web.Response:

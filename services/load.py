@@ -42,8 +42,8 @@ from infra.launcher import run_dir
 from infra.pki import pki_dir
 from infra.telemetry import setup_tracing
 from services.phone import PLACES, Journey, Phone, order_body
+from services.wires import PROTOCOLS
 
-PROTOCOLS = ("grpc", "dubbo", "soap")
 STEPS = ("dns", "tls", "item", "cdn", "order", "read")
 
 

@@ -7,6 +7,7 @@ from functools import cache
 from typing import Any
 
 from services import catalog
+from services.wires import PROTOCOLS
 
 MAX_ID = 2**31 - 1
 BIG = 2**62
@@ -48,7 +49,7 @@ _PROTOCOL = {
     "in": "header",
     "required": False,
     "description": "Which order-service protocol carries the call.",
-    "schema": {"type": "string", "enum": ["grpc", "dubbo", "soap"]},
+    "schema": {"type": "string", "enum": list(PROTOCOLS)},
 }
 _ADMIN = {
     "name": "X-Admin-Token",

@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from opentelemetry import trace
 
@@ -46,6 +44,7 @@ from rpc.client import GrpcClient
 from rpc.errors import Code, DomainError
 from rpc.proto import coupon_pb2, coupon_pb2_grpc, inventory_pb2, inventory_pb2_grpc
 from services import catalog
+from services.order_api import Line, Order, PlaceOrder, StatusChange
 from services.order_store import OrderRow, OrderStore, now_ms
 
 log = logging.getLogger("d11.orders")
@@ -59,28 +58,22 @@ RESUME_FOR_S = 60.0
 FINAL = ("CONFIRMED", "CANCELLED", "REJECTED")
 
 
-@dataclass(frozen=True)
-class Line:
-    item_id: int
-    quantity: int
-    unit_price_cents: int = 0
-
-
-@dataclass(frozen=True)
-class PlaceOrder:
-    idempotency_key: str
-    user_id: str
-    lines: tuple[Line, ...]
-    coupon_code: str = ""
-
-    def fingerprint(self) -> str:
-        """What makes two requests with one key 'the same request'."""
-        body = {
-            "user": self.user_id,
-            "lines": sorted((ln.item_id, ln.quantity) for ln in self.lines),
-            "coupon": self.coupon_code,
-        }
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+def order_of(row: OrderRow) -> Order:
+    """A stored order as the contract gives it to clients."""
+    return Order(
+        order_id=row.order_id,
+        user_id=row.user_id,
+        lines=tuple(Line(i, q, p) for i, q, p in row.lines),
+        status=row.status,
+        total_cents=row.total_cents,
+        discount_cents=row.discount_cents,
+        coupon_code=row.coupon_code,
+        idempotency_key=row.idempotency_key,
+        created_at_ms=row.created_at_ms,
+        updated_at_ms=row.updated_at_ms,
+        reason=row.reason,
+        history=tuple(StatusChange(s, at, note) for s, at, note in row.history),
+    )
 
 
 def validate(request: PlaceOrder) -> tuple[Line, ...]:
@@ -143,7 +136,11 @@ class Orders:
         self._background: set[asyncio.Task[None]] = set()
 
     # -- place -------------------------------------------------------------------------
-    async def place(self, request: PlaceOrder, timeout: float | None = None) -> OrderRow:
+    async def place(self, request: PlaceOrder, *, timeout: float | None = None) -> Order:
+        """The contract's place (OrderApi): the saga, bounded by the caller's deadline."""
+        return order_of(await self.place_row(request, timeout))
+
+    async def place_row(self, request: PlaceOrder, timeout: float | None = None) -> OrderRow:
         lines = validate(request)
         fingerprint = request.fingerprint()
         key = request.idempotency_key
@@ -351,17 +348,28 @@ class Orders:
         return row
 
     # -- read / cancel -----------------------------------------------------------------
-    async def get(self, order_id: str) -> OrderRow:
+    async def get(self, order_id: str, *, timeout: float | None = None) -> Order:
+        return order_of(await self._row(order_id))
+
+    async def _row(self, order_id: str) -> OrderRow:
         row = await self.store.run(OrderStore.get, order_id) if len(order_id) <= 64 else None
         if row is None:
             raise DomainError(Code.NOT_FOUND, f"no order {order_id!r}")
         return row
 
-    async def list(self, user_id: str, limit: int = 20) -> list[OrderRow]:
-        return await self.store.run(OrderStore.by_user, user_id, max(1, min(limit, 100)))
+    async def list(
+        self, user_id: str, limit: int = 20, *, timeout: float | None = None
+    ) -> list[Order]:
+        rows = await self.store.run(OrderStore.by_user, user_id, max(1, min(limit, 100)))
+        return [order_of(r) for r in rows]
 
-    async def cancel(self, order_id: str, reason: str = "") -> OrderRow:
-        row = await self.get(order_id)
+    async def cancel(
+        self, order_id: str, reason: str = "", *, timeout: float | None = None
+    ) -> Order:
+        return order_of(await self._cancel(order_id, reason))
+
+    async def _cancel(self, order_id: str, reason: str) -> OrderRow:
+        row = await self._row(order_id)
         if row.status == "CANCELLED":
             return row
         if row.status != "CONFIRMED":
@@ -376,7 +384,7 @@ class Orders:
             reason=reason,
         )
         if cancelled is None:  # cancelled (or changed) concurrently
-            return await self.cancel(order_id, reason)
+            return await self._cancel(order_id, reason)
         self._finalize_soon(cancelled)
         return cancelled
 
@@ -543,23 +551,29 @@ class NoopOrders:
             history=(("PENDING", now, "order received"), ("CONFIRMED", now, "stock reserved")),
         )
 
-    async def place(self, request: PlaceOrder, timeout: float | None = None) -> OrderRow:
+    async def place(self, request: PlaceOrder, *, timeout: float | None = None) -> Order:
         lines = validate(request)
-        return replace(
-            self.template,
-            idempotency_key=request.idempotency_key,
-            user_id=request.user_id,
-            total_cents=sum(ln.quantity * ln.unit_price_cents for ln in lines),
-            lines=tuple((ln.item_id, ln.quantity, ln.unit_price_cents) for ln in lines),
+        return order_of(
+            replace(
+                self.template,
+                idempotency_key=request.idempotency_key,
+                user_id=request.user_id,
+                total_cents=sum(ln.quantity * ln.unit_price_cents for ln in lines),
+                lines=tuple((ln.item_id, ln.quantity, ln.unit_price_cents) for ln in lines),
+            )
         )
 
-    async def get(self, order_id: str) -> OrderRow:
-        return replace(self.template, order_id=order_id)
+    async def get(self, order_id: str, *, timeout: float | None = None) -> Order:
+        return order_of(replace(self.template, order_id=order_id))
 
-    async def cancel(self, order_id: str, reason: str = "") -> OrderRow:
-        return replace(self.template, order_id=order_id, status="CANCELLED")
+    async def cancel(
+        self, order_id: str, reason: str = "", *, timeout: float | None = None
+    ) -> Order:
+        return order_of(replace(self.template, order_id=order_id, status="CANCELLED"))
 
-    async def list(self, user_id: str, limit: int = 20) -> list[OrderRow]:
+    async def list(
+        self, user_id: str, limit: int = 20, *, timeout: float | None = None
+    ) -> list[Order]:
         return []
 
 

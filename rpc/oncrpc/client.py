@@ -1,10 +1,12 @@
 """Calling an ONC RPC program over TCP: one connection per instance, calls multiplexed on
 it by xid, balanced, retried and bounded by :class:`rpc.client.BalancedClient`.
 
-``call(name, (proc, args_bytes))`` returns the results' bytes. What RFC 5531 answers in
-place of results becomes the domain's error: PROG_UNAVAIL, PROG_MISMATCH, PROC_UNAVAIL
-(this instance does not serve it: another may) are UNAVAILABLE, GARBAGE_ARGS is
-INVALID_ARGUMENT, SYSTEM_ERR and a denied call INTERNAL.
+``call(name, (proc, build_args))`` returns the results' bytes; ``build_args(carrier,
+timeout)`` makes the arguments once the call's span exists, so a program whose arguments
+carry the trace context and the deadline (as order.x's do) gets this attempt's.
+What RFC 5531 answers in place of results becomes the domain's error: PROG_UNAVAIL,
+PROG_MISMATCH, PROC_UNAVAIL (this instance does not serve it: another may) are
+UNAVAILABLE, GARBAGE_ARGS is INVALID_ARGUMENT, SYSTEM_ERR and a denied call INTERNAL.
 """
 
 from __future__ import annotations
@@ -111,11 +113,12 @@ class OncRpcClient(BalancedClient):
         return conn
 
     async def invoke(self, endpoint: str, method: str, request: Any, timeout: float) -> bytes:
-        proc, args = request
+        proc, build_args = request
         attributes = {"rpc.system": "onc_rpc", "rpc.service": self.name, "rpc.method": method,
                       "server.address": endpoint, "rpc.onc_rpc.program": self.prog,
                       "rpc.onc_rpc.version": self.vers, "rpc.onc_rpc.procedure": proc}  # fmt: skip
-        with client_span(f"{self.name}/{method}", attributes) as (span, _):
+        with client_span(f"{self.name}/{method}", attributes) as (span, carrier):
+            args = build_args(carrier, timeout)
             conn = await self._connection(endpoint)
             xid = next(self._xids) & 0xFFFFFFFF
             record = Call(xid, self.prog, self.vers, proc, self.cred, args=args).pack()

@@ -14,7 +14,7 @@ import itertools
 import struct
 from dataclasses import dataclass
 
-from rpc.oncrpc.message import AcceptStat, Call, Reply, RecordReader, mark, parse_reply
+from rpc.oncrpc.message import AcceptStat, Call, RecordReader, Reply, mark, parse_reply
 from rpc.oncrpc.server import Program
 from rpc.oncrpc.xdr import Packer, Unpacker
 
@@ -48,14 +48,14 @@ class Portmapper:
     def __init__(self, address: str) -> None:
         self.address = address
         self.mappings: dict[tuple[int, int, int], Mapping] = {}
-        for vers in (2, 3, 4):  # it lists itself, as rpcbind does
-            for prot in (IPPROTO_TCP, IPPROTO_UDP):
-                self.mappings[(PMAP_PROG, vers, prot)] = Mapping(PMAP_PROG, vers, prot, PMAP_PORT,
-                                                                 "superuser")  # fmt: skip
+        for vers in (2, 3, 4):  # it lists itself, as rpcbind does (on TCP: all it serves)
+            self.mappings[(PMAP_PROG, vers, IPPROTO_TCP)] = Mapping(
+                PMAP_PROG, vers, IPPROTO_TCP, PMAP_PORT, "superuser"
+            )
 
     def programs(self) -> list[Program]:
-        v2 = Program(PMAP_PROG, 2, "portmapper",
-                     {1: self._set2, 2: self._unset2, 3: self._getport, 4: self._dump2})  # fmt: skip
+        portmap = {1: self._set2, 2: self._unset2, 3: self._getport, 4: self._dump2}
+        v2 = Program(PMAP_PROG, 2, "portmapper", portmap)
         rpcbind = {1: self._set3, 2: self._unset3, 3: self._getaddr, 4: self._dump3}
         return [v2, Program(PMAP_PROG, 3, "rpcbind", dict(rpcbind)),
                 Program(PMAP_PROG, 4, "rpcbind", dict(rpcbind))]  # fmt: skip
@@ -149,13 +149,15 @@ def _bool(value: bool) -> bytes:
 _xids = itertools.count(1)
 
 
-async def register(host: str, prog: int, vers: int, port: int, timeout: float = 2.0) -> bool:
+async def register(
+    host: str, prog: int, vers: int, port: int, portmap_port: int = PMAP_PORT, timeout: float = 2.0
+) -> bool:
     """PMAPPROC_SET (version 2) for a TCP service, over TCP to ``host``:111."""
     p = Packer()
     for value in (prog, vers, IPPROTO_TCP, port):
         p.uint(value)
-    reply = await call_once(host, PMAP_PORT, Call(next(_xids), PMAP_PROG, 2, 1, args=p.bytes()),
-                            timeout)  # fmt: skip
+    call = Call(next(_xids), PMAP_PROG, 2, 1, args=p.bytes())
+    reply = await call_once(host, portmap_port, call, timeout)
     return reply.stat == AcceptStat.SUCCESS and reply.body == _bool(True)
 
 

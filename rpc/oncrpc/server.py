@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from infra.service import Context, bind_socket
 from rpc.oncrpc.message import (
+    RPC_VERSION,
     AcceptStat,
     AuthFlavor,
     AuthStat,
@@ -31,7 +32,6 @@ from rpc.oncrpc.message import (
     RpcError,
     mark,
     parse_call,
-    RPC_VERSION,
 )
 from rpc.oncrpc.xdr import Unpacker, XdrError
 

@@ -85,7 +85,9 @@ class Unpacker:
 
     def _take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
-            raise XdrError(f"needs {n} bytes at offset {self.pos}, {len(self.data) - self.pos} left")
+            raise XdrError(
+                f"needs {n} bytes at offset {self.pos}, {len(self.data) - self.pos} left"
+            )
         chunk = self.data[self.pos : self.pos + n]
         self.pos += n
         return chunk

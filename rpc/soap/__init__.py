@@ -1,9 +1,3 @@
-"""The order service over SOAP (role ``order-soap``): ``python -m rpc.soap``."""
-
-
-def __getattr__(name: str):
-    if name == "build":
-        from rpc.soap.server import build
-
-        return build
-    raise AttributeError(name)
+"""SOAP 1.1 and 1.2 machinery for document/literal wrapped services (``envelope``):
+the hardened parser, faults and the HTTP endpoint. The order contract on it is
+``services/wires/soap.py``."""

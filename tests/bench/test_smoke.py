@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from infra import ROOT
+from services.wires import PROTOCOLS
 from tests.conftest import Stack
 
 RATIO = re.compile(r"ratio \(ours / [^)]+\): \d+\.\d\dx")
@@ -41,7 +42,7 @@ def test_side_by_side_benchmarks_print_their_ratio(argv):
 
 def test_rpc_shootout_prints_every_wire_against_grpc():
     out = bench("bench.rpc", "--calls", "40", "--max-seconds", "10")
-    for wire in ("grpc", "dubbo", "soap"):
+    for wire in PROTOCOLS:
         assert re.search(rf"^{wire}\s.*\d+\.\d\dx$", out, re.M), out
 
 

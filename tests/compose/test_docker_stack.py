@@ -23,6 +23,7 @@ import pytest
 
 from infra import dockerlab
 from infra import topology as topo
+from services.wires import PROTOCOLS
 from tests.conftest import d11
 
 PROJECT = dockerlab.PROJECT
@@ -107,7 +108,7 @@ def spans_of(trace_id: str, wanted: set[str]) -> list[dict]:
         time.sleep(0.5)
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "dubbo", "soap"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_orders_cross_every_hop(lab: None, protocol: str) -> None:
     report = load(protocol)
     audit = report["audit"]
@@ -238,13 +239,13 @@ def test_overlay_on_the_wire(lab: None, tmp_path) -> None:
     )  # fmt: skip
     try:
         time.sleep(2)  # tshark is capturing
-        for protocol in ("grpc", "dubbo", "soap"):
+        for protocol in PROTOCOLS:
             load(protocol, "--orders", "4", "--concurrency", "4", coupon=False)
     finally:
         capture.terminate()  # tshark writes what it has on SIGTERM
         capture.wait(timeout=30)
     controllers = {T.host(n).vpc[1] for n in ("controller-1", "controller-2")}  # type: ignore[index]
-    for name in ("order-grpc", "order-dubbo", "order-soap"):
+    for name in [f"order-{p}" for p in PROTOCOLS]:
         service = T.host(name)
         # Either instance of the wire: the inner destination is one, the outer its VTEP.
         vteps = {h.address: h.addresses["underlay"] for h in T.by_role(name)}

@@ -3,7 +3,7 @@ operations API. A private chain runs on 127.30.9.x:
 
     origin .1 → center .2 → region .3 → edge .4 (signed URLs, Referer allow-list)
                                       ↘ edge .6 (a second edge under the same region)
-    tests/peers.py /respond .10 → node .5 (a centre whose origin says exactly what a test asks)
+    bench/peers.py /respond .10 → node .5 (a centre whose origin says exactly what a test asks)
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import aiohttp
 import httpx
 import pytest
 
+from bench.peers import our_service, upstreams, wait_port
 from cdn.signing import sign_secure_link, sign_type_a
-from tests.peers import our_service, upstreams, wait_port
 
 ORIGIN, CENTER, REGION, EDGE, FLEX, EDGE2 = (f"127.30.9.{n}:8000" for n in (1, 2, 3, 4, 5, 6))
 # An edge and a region in front of the configurable origin too, beside FLEX (a centre): the
@@ -319,7 +319,7 @@ def test_referer_allow_list(http):
 def test_nginx_secure_link_interop(http, tmp_path):
     """Real nginx with ngx_http_secure_link_module and the same secret: it accepts our
     signer's URL, and our edge accepts a URL signed with openssl as nginx's docs do."""
-    from tests.peers import real_nginx
+    from bench.peers import real_nginx
 
     conf = f"""
     worker_processes 1;

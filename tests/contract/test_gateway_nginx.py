@@ -1,5 +1,5 @@
 """The gateway beside real nginx: the same config text, the same upstreams, the same
-requests, and the answers compared. Upstreams are plain HTTP servers (tests/peers.py);
+requests, and the answers compared. Upstreams are plain HTTP servers (bench/peers.py);
 nginx is Debian's."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import aiohttp
 import httpx
 import pytest
 
+from bench.peers import nginx_binary, nginx_test, our_gateway, real_nginx, upstreams, wait_port
 from infra import ROOT
-from tests.peers import nginx_binary, nginx_test, our_gateway, real_nginx, upstreams, wait_port
 
 OURS, NGINX = "127.10.8.1:8080", "127.10.8.2:8080"
 U1, U2, U3, U4, U5 = (f"127.10.8.{n}:9000" for n in (11, 12, 13, 14, 15))

@@ -18,10 +18,10 @@ import aiohttp
 import pytest
 import yaml
 
+from bench.peers import our_service, stop
 from dns.gslb import GSLB_DIR, IpDatabase
 from tests.conftest import Stack
 from tests.contract.test_dns_auth import dig, section, spray, status
-from tests.peers import our_service, stop
 
 GSLB = "127.20.9.40"
 E1, E2, N1 = "127.30.9.51", "127.30.9.52", "127.30.9.53"

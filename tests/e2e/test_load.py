@@ -10,8 +10,9 @@ import time
 
 import httpx
 
+from bench.peers import chromium_dom
+from services.wires import PROTOCOLS
 from tests.conftest import Stack, wait_for
-from tests.peers import chromium_dom
 
 HOT = 3  # not item 1: the flash-sale test owns that one
 
@@ -33,7 +34,7 @@ def test_flash_sale_load_sells_exactly_the_stock_and_audits(stack: Stack, tmp_pa
     assert all(item["checks"].values()), item
     # Every visit either ordered or was told "sold out": nothing failed, retries or not.
     assert report["failed"] == 0, report["outcomes"]
-    assert set(report["protocols"]) == {"grpc", "dubbo", "soap"}
+    assert set(report["protocols"]) == set(PROTOCOLS)  # every registered wire
     # Both ways of resolving were used, from every ISP and region, and the edges answered.
     modes = {place.rsplit("/", 1)[1] for place in report["placement"]}
     assert modes == {"localdns", "httpdns"}

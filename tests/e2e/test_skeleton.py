@@ -10,8 +10,8 @@ import secrets
 
 import pytest
 
+from bench.peers import chromium_dom
 from tests.conftest import Stack, set_stock, wait_for
-from tests.peers import chromium_dom
 
 
 def place_traced(stack: Stack, http, protocol: str) -> dict:

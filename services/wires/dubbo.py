@@ -1,4 +1,5 @@
-"""The order contract over Dubbo (role ``order-dubbo``), as a Java interface would be:
+"""The order contract over Dubbo (role ``order-dubbo``): ``python -m services.wires.dubbo``.
+On rpc/dubbo's frames, Hessian 2 bodies, server and client, as a Java interface would be:
 
     package com.double11.order;
     interface OrderService {                       // version 1.0.0
@@ -21,15 +22,14 @@ from typing import Any
 
 from infra.config import Settings
 from infra.service import Component, Context, run
-from rpc.discovery import registration
+from rpc.discovery import Discovery, registration
 from rpc.dubbo.client import DubboClient
 from rpc.dubbo.codec import DEFAULT_MAX_BODY
 from rpc.dubbo.hessian2 import JavaObject, Long
 from rpc.dubbo.server import DubboServer, Exported
 from rpc.errors import Code, DomainError
-from rpc.proto import order_pb2
-from services.order_store import OrderRow
-from services.orders import Line, Orders, PlaceOrder, domain
+from services.order_api import Line, Order, PlaceOrder, StatusChange
+from services.orders import Orders, domain
 
 PACKAGE = "com.double11.order"
 SERVICE = f"{PACKAGE}.OrderService"
@@ -58,29 +58,36 @@ def _int(value: Any, name: str) -> int:
     return value
 
 
-def order_object(row: OrderRow) -> JavaObject:
+def order_object(order: Order) -> JavaObject:
     return JavaObject(
         f"{PACKAGE}.Order",
         {
-            "orderId": row.order_id,
-            "userId": row.user_id,
+            "orderId": order.order_id,
+            "userId": order.user_id,
             "lines": [
                 JavaObject(
                     f"{PACKAGE}.OrderLine",
-                    {"itemId": Long(i), "quantity": q, "unitPriceCents": Long(p)},
+                    {
+                        "itemId": Long(ln.item_id),
+                        "quantity": ln.quantity,
+                        "unitPriceCents": Long(ln.unit_price_cents),
+                    },
                 )
-                for i, q, p in row.lines
+                for ln in order.lines
             ],
-            "couponCode": row.coupon_code or None,
-            "status": row.status,
-            "totalCents": Long(row.total_cents),
-            "discountCents": Long(row.discount_cents),
-            "createdAtMs": Long(row.created_at_ms),
-            "updatedAtMs": Long(row.updated_at_ms),
-            "reason": row.reason or None,
+            "couponCode": order.coupon_code or None,
+            "status": order.status,
+            "totalCents": Long(order.total_cents),
+            "discountCents": Long(order.discount_cents),
+            "createdAtMs": Long(order.created_at_ms),
+            "updatedAtMs": Long(order.updated_at_ms),
+            "reason": order.reason or None,
             "history": [
-                JavaObject(f"{PACKAGE}.StatusChange", {"status": s, "atMs": Long(at), "note": note})
-                for s, at, note in row.history
+                JavaObject(
+                    f"{PACKAGE}.StatusChange",
+                    {"status": h.status, "atMs": Long(h.at_ms), "note": h.note},
+                )
+                for h in order.history
             ],
         },
     )
@@ -121,12 +128,12 @@ class OrderEndpoint:
         return order_object(await self.orders.get(_str(order_id, "orderId")))
 
     async def cancelOrder(self, order_id: Any, reason: Any = None) -> JavaObject:
-        row = await self.orders.cancel(_str(order_id, "orderId"), _str(reason, "reason")[:200])
-        return order_object(row)
+        order = await self.orders.cancel(_str(order_id, "orderId"), _str(reason, "reason")[:200])
+        return order_object(order)
 
     async def listOrders(self, user_id: Any, limit: Any = 20) -> list[JavaObject]:
-        rows = await self.orders.list(_str(user_id, "userId"), _int(limit, "limit"))
-        return [order_object(r) for r in rows]
+        found = await self.orders.list(_str(user_id, "userId"), _int(limit, "limit"))
+        return [order_object(o) for o in found]
 
     async def echo(self, message: Any) -> str:
         return _str(message, "message")
@@ -151,91 +158,75 @@ def main() -> None:
     run(build, name="order-dubbo", role="order-dubbo", port=20880)
 
 
-# -- the controller's side: the same contract, in the controller's protobuf messages --------
-def order_from_java(obj: Any) -> order_pb2.Order:
+# -- client ---------------------------------------------------------------------------------
+def order_from_java(obj: Any) -> Order:
     if not isinstance(obj, JavaObject):
         raise DomainError(Code.INTERNAL, f"expected an Order, got {type(obj).__name__}")
-    return order_pb2.Order(
+    return Order(
         order_id=obj.get("orderId") or "",
         user_id=obj.get("userId") or "",
-        lines=[
-            order_pb2.OrderLine(
-                item_id=ln.get("itemId"),
-                quantity=ln.get("quantity"),
-                unit_price_cents=ln.get("unitPriceCents"),
-            )
+        lines=tuple(
+            Line(ln.get("itemId"), ln.get("quantity"), ln.get("unitPriceCents") or 0)
             for ln in obj.get("lines") or []
-        ],
-        coupon_code=obj.get("couponCode") or "",
-        status=order_pb2.OrderStatus.Value(obj.get("status")),
+        ),
+        status=obj.get("status") or "",
         total_cents=obj.get("totalCents") or 0,
         discount_cents=obj.get("discountCents") or 0,
+        coupon_code=obj.get("couponCode") or "",
         created_at_ms=obj.get("createdAtMs") or 0,
         updated_at_ms=obj.get("updatedAtMs") or 0,
         reason=obj.get("reason") or "",
-        history=[
-            order_pb2.StatusChange(
-                status=order_pb2.OrderStatus.Value(h.get("status")),
-                at_ms=h.get("atMs"),
-                note=h.get("note") or "",
-            )
+        history=tuple(
+            StatusChange(h.get("status"), h.get("atMs"), h.get("note") or "")
             for h in obj.get("history") or []
-        ],
+        ),
     )
 
 
 STRING = "Ljava/lang/String;"
 
 
-class OrderClient:
-    """Calls ``com.double11.order.OrderService`` over Dubbo with the controller's messages
-    (the same ``call(method, request)`` shape as the gRPC stub). A component."""
+class Client(DubboClient):
+    """The contract over Dubbo: ``com.double11.order.OrderService`` (a component)."""
 
-    def __init__(self, client: DubboClient) -> None:
-        self.client = client
+    def __init__(
+        self, target: str | Discovery, timeout: float, *, max_in_flight: int | None = None
+    ) -> None:
+        super().__init__(target, SERVICE, VERSION, timeout, max_in_flight=max_in_flight)
 
-    async def start(self) -> None:
-        await self.client.start()
+    async def place(self, command: PlaceOrder, *, timeout: float) -> Order:
+        arg = JavaObject(
+            f"{PACKAGE}.PlaceOrderRequest",
+            {
+                "idempotencyKey": command.idempotency_key,
+                "userId": command.user_id,
+                "lines": [
+                    JavaObject(
+                        f"{PACKAGE}.OrderLine",
+                        {"itemId": Long(ln.item_id), "quantity": ln.quantity},
+                    )
+                    for ln in command.lines
+                ],
+                "couponCode": command.coupon_code or None,
+            },
+        )
+        descriptor = f"L{PACKAGE.replace('.', '/')}/PlaceOrderRequest;"
+        found = await self.call("placeOrder", ([arg], descriptor), timeout=timeout, retries=1)
+        return order_from_java(found)
 
-    async def stop(self, grace: float) -> None:
-        await self.client.stop(grace)
+    async def get(self, order_id: str, *, timeout: float) -> Order:
+        found = await self.call("getOrder", ([order_id], STRING), timeout=timeout, retries=1)
+        return order_from_java(found)
 
-    async def call(self, method: str, request: Any, *, retries: int = 0) -> Any:
-        if method == "PlaceOrder":
-            arg = JavaObject(
-                f"{PACKAGE}.PlaceOrderRequest",
-                {
-                    "idempotencyKey": request.idempotency_key,
-                    "userId": request.user_id,
-                    "lines": [
-                        JavaObject(
-                            f"{PACKAGE}.OrderLine",
-                            {"itemId": Long(ln.item_id), "quantity": ln.quantity},
-                        )
-                        for ln in request.lines
-                    ],
-                    "couponCode": request.coupon_code or None,
-                },
-            )
-            found = await self.client.call(
-                "placeOrder",
-                ([arg], f"L{PACKAGE.replace('.', '/')}/PlaceOrderRequest;"),
-                retries=retries,
-            )
-            return order_from_java(found)
-        if method == "GetOrder":
-            found = await self.client.call(
-                "getOrder", ([request.order_id], STRING), retries=retries
-            )
-            return order_from_java(found)
-        if method == "CancelOrder":
-            found = await self.client.call(
-                "cancelOrder", ([request.order_id, request.reason], STRING * 2), retries=retries
-            )
-            return order_from_java(found)
-        if method == "ListOrders":
-            found = await self.client.call(
-                "listOrders", ([request.user_id, request.limit], STRING + "I"), retries=retries
-            )
-            return order_pb2.ListOrdersReply(orders=[order_from_java(o) for o in found or []])
-        raise DomainError(Code.INTERNAL, f"no Dubbo mapping for {method}")
+    async def cancel(self, order_id: str, reason: str, *, timeout: float) -> Order:
+        args = ([order_id, reason], STRING * 2)
+        return order_from_java(await self.call("cancelOrder", args, timeout=timeout, retries=1))
+
+    async def list(self, user_id: str, limit: int, *, timeout: float) -> list[Order]:
+        args = ([user_id, limit], STRING + "I")
+        found = await self.call("listOrders", args, timeout=timeout, retries=1)
+        return [order_from_java(o) for o in found or []]
+
+
+if __name__ == "__main__":
+    main()

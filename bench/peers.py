@@ -2,7 +2,7 @@
 launcher starts them, real nginx, headless Chromium, and plain HTTP upstreams that say who
 they are.
 
-``python -m tests.peers ADDR:PORT[,ADDR:PORT…] [--sick-dir DIR]`` serves, on every
+``python -m bench.peers ADDR:PORT[,ADDR:PORT…] [--sick-dir DIR]`` serves, on every
 address: ``/who`` (its own address), ``/status/N`` (that status), ``/slow/MS`` (answers
 after MS milliseconds), ``/echo`` (method, path, headers and body length as JSON) and
 ``/slowon?addr=A`` (one second late, on address A only), ``/healthz`` (503 while
@@ -50,7 +50,7 @@ def wait_port(address: str, timeout: float = 15.0) -> None:
 @contextmanager
 def upstreams(*addresses: str, sick_dir: Path | None = None) -> Iterator[subprocess.Popen]:
     """Start the plain upstreams in one process (killable, to test failover)."""
-    cmd = [sys.executable, "-m", "tests.peers", ",".join(addresses)]
+    cmd = [sys.executable, "-m", "bench.peers", ",".join(addresses)]
     if sick_dir is not None:
         cmd += ["--sick-dir", str(sick_dir)]
     proc = subprocess.Popen(cmd, cwd=ROOT)

@@ -1,3 +1,0 @@
-from rpc.dubbo.order import main
-
-main()

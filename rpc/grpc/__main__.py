@@ -1,3 +1,0 @@
-from rpc.grpc.server import main
-
-main()

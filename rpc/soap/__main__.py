@@ -1,3 +1,0 @@
-from rpc.soap.server import main
-
-main()

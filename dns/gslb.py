@@ -40,6 +40,7 @@ import yaml
 from dnslib import CLASS, CNAME, QTYPE, RR, A, DNSLabel
 
 from dns.zone import key
+from infra.config import ConfigError as BaseConfigError
 from infra.http1 import UpstreamError, UpstreamPool, encode_request
 
 log = logging.getLogger("d11.dns.gslb")
@@ -48,7 +49,17 @@ GSLB_DIR = Path(__file__).parent / "gslb"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class GslbError(ValueError):
+def _service_line(text: str, index: int) -> int:
+    """The line on which ``services[index]`` of a policy starts."""
+    root = yaml.compose(text)
+    for name, value in root.value if isinstance(root, yaml.MappingNode) else ():
+        if (name.value == "services" and isinstance(value, yaml.SequenceNode)
+                and index < len(value.value)):  # fmt: skip
+            return value.value[index].start_mark.line + 1
+    return 1
+
+
+class GslbError(BaseConfigError):
     pass
 
 
@@ -217,22 +228,36 @@ class Gslb:
         self.layer2: dict[tuple[bytes, ...], tuple[TwoLayer, str]] = {}
         self.edges: dict[tuple[bytes, ...], Edges] = {}
         self.targets: list[Target] = []
-        for service in policy.get("services") or []:
-            self._add(service)
+        for index, service in enumerate(policy.get("services") or []):
+            try:
+                self._add(service)
+            except (KeyError, TypeError, ValueError) as exc:
+                exc.add_note(f"services[{index}]")  # where: load() turns it into a line
+                raise
 
     @classmethod
     def load(cls, policy_path: Path, ipdb_path: Path | None = None) -> Gslb:
         try:
-            policy = yaml.safe_load(policy_path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise GslbError(f"{policy_path}: {exc}") from None
+            text = policy_path.read_text()
+            policy = yaml.safe_load(text)
+        except OSError as exc:
+            raise GslbError(f"{policy_path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f"{mark.line + 1}" if mark is not None else "1"
+            raise GslbError(f"{policy_path}:{line}: {exc}") from None
         if not isinstance(policy, dict):
-            raise GslbError(f"{policy_path}: expected a mapping")
+            raise GslbError(f"{policy_path}:1: expected a mapping")
         ipdb_file = ipdb_path or policy_path.parent / str(policy.get("ipdb", "ipdb.csv"))
+        ipdb = IpDatabase.load(ipdb_file)
         try:
-            return cls(policy, IpDatabase.load(ipdb_file))
+            return cls(policy, ipdb)
         except (KeyError, TypeError, ValueError) as exc:
-            raise GslbError(f"{policy_path}: {exc}") from None
+            where = next((n for n in getattr(exc, "__notes__", ()) if n.startswith("services[")),
+                         None)  # fmt: skip
+            line = _service_line(text, int(where[9:-1])) if where else 1
+            what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise GslbError(f"{policy_path}:{line}: {what}") from None
 
     def _add(self, service: dict[str, Any]) -> None:
         name = key(str(service["name"]))

@@ -11,11 +11,13 @@ from pathlib import Path
 
 from dnslib import CLASS, QTYPE, RR, DNSLabel
 
+from infra.config import ConfigError as BaseConfigError
+
 ZONES_DIR = Path(__file__).parent / "zones"
 MAX_CHAIN = 8  # CNAMEs followed inside one zone before giving up (loops)
 
 
-class ZoneError(ValueError):
+class ZoneError(BaseConfigError):
     pass
 
 
@@ -58,14 +60,20 @@ class Zone:
 
     @classmethod
     def load(cls, path: Path) -> Zone:
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ZoneError(f"{path}: {exc.strerror}") from None
         try:
             records = list(RR.fromZone(text))
         except Exception as exc:  # dnslib raises several types for bad master files
-            raise ZoneError(f"{path}: {exc}") from None
+            raise ZoneError(f"{path}:{_bad_line(text)}: {exc}") from None
         if not records or records[0].rtype != QTYPE.SOA:
-            raise ZoneError(f"{path}: the first record must be the SOA")
-        return cls(str(records[0].rname), records)
+            raise ZoneError(f"{path}:1: the first record must be the SOA")
+        try:
+            return cls(str(records[0].rname), records)
+        except ZoneError as exc:
+            raise ZoneError(f"{path}: {exc}") from None
 
     def contains(self, k: tuple[bytes, ...]) -> bool:
         return k[len(k) - len(self.okey) :] == self.okey if self.okey else True
@@ -140,6 +148,22 @@ class Zone:
                 target = key(rr.rdata.label)
                 node = self.records.get(target, {}) if self.contains(target) else {}
                 out.additional += node.get(QTYPE.A, []) + node.get(QTYPE.AAAA, [])
+
+
+def _bad_line(text: str) -> int:
+    """The line where a master file stops parsing (dnslib says what, not where): the first
+    prefix of whole entries (parentheses closed) that fails ends at it."""
+    lines, depth = text.splitlines(), 0
+    for n, line in enumerate(lines, 1):
+        code = line.split(";", 1)[0]
+        depth += code.count("(") - code.count(")")
+        if depth > 0:
+            continue
+        try:
+            list(RR.fromZone("\n".join(lines[:n])))
+        except Exception:
+            return n
+    return len(lines)
 
 
 def load_zones(spec: str) -> list[Zone]:

@@ -28,8 +28,10 @@ from typing import Any
 
 import crossplane
 
+from infra.config import ConfigError as BaseConfigError
 
-class ConfigError(ValueError):
+
+class ConfigError(BaseConfigError):
     """A configuration nginx would also refuse; the message ends with ``file:line``."""
 
 

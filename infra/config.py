@@ -21,7 +21,9 @@ LAB_ADMIN_TOKEN = "double-11-lab-admin"
 
 
 class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names the variable."""
+    """The base of every configuration error: a setting missing or malformed (the message
+    names the variable), a gateway config, a zone file, a GSLB policy, the topology (the
+    message names the file and line). A service exits 78 (EX_CONFIG) on one."""
 
 
 def _lookup(env: Mapping[str, str], key: str) -> str | None:

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from infra import ROOT
+from infra.config import ConfigError as BaseConfigError
 
 DEFAULT_PATH = ROOT / "infra" / "topology.yaml"
 
@@ -44,7 +45,7 @@ MODES = ("process", "docker")
 _REF = re.compile(r"\$\{([a-z0-9-]+)(?:\.(address|port))?\}")
 
 
-class TopologyError(ValueError):
+class TopologyError(BaseConfigError):
     pass
 
 

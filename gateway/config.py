@@ -404,7 +404,7 @@ def _http(config: Config, block: list[Directive]) -> None:
         if name == "upstream":
             if args[0] in config.upstreams:
                 raise fail(d, f'duplicate upstream "{args[0]}"')
-            config.upstreams[args[0]] = _upstream(args[0], d["block"])
+            config.upstreams[args[0]] = _upstream(args[0], d["block"], d)
         elif name == "limit_req_zone":
             zone = _zone(d)
             config.zones[zone.name] = zone
@@ -428,7 +428,7 @@ def _http(config: Config, block: list[Directive]) -> None:
                 raise ConfigError(f'host not found in upstream "{target}" in {location.line}')
 
 
-def _upstream(name: str, block: list[Directive]) -> Upstream:
+def _upstream(name: str, block: list[Directive], where: Directive) -> Upstream:
     upstream = Upstream(name, [])
     for d in block:
         directive, args = d["directive"], d["args"]
@@ -445,7 +445,7 @@ def _upstream(name: str, block: list[Directive]) -> Upstream:
         elif directive == "keepalive":
             upstream.keepalive = _positive(d, args[0])
     if not upstream.servers:
-        raise ConfigError(f'no servers are inside upstream "{name}"')
+        raise fail(where, f'no servers are inside upstream "{name}"')
     if upstream.method == "hash" and any(s.backup for s in upstream.servers):
         raise ConfigError(f'balancing method does not support parameter "backup" ({name})')
     return upstream

@@ -145,3 +145,9 @@ def postgres() -> Iterator[str]:
     finally:
         pg(str(bindir / "pg_ctl"), "-D", f"{base}/data", "-m", "fast", "-w", "stop")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The pure parts' tables (tests/unit) run first: seconds, no process started, so a
+    broken rule fails before any stack comes up. The rest keep their order."""
+    items.sort(key=lambda item: 0 if "tests/unit/" in str(item.path) else 1)

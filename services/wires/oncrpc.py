@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 
+from infra.http1 import metrics_listener
 from infra.service import Component, Context, PortInUse, run
 from infra.telemetry import server_span
 from rpc import deadline
@@ -225,8 +226,10 @@ async def build(ctx: Context) -> Sequence[Component]:
     # The host's portmapper (D11_PORTMAP_PORT, 111 as everywhere), then the program.
     portmap_port = s.get_int("PORTMAP_PORT", PMAP_PORT)
     portmapper = Portmapper(s.address)
+    metrics = metrics_listener(ctx)  # /metrics and /healthz beside a port that is not HTTP
     return [
         *components,
+        *([metrics] if metrics is not None else []),
         Portmap(ctx, portmapper.programs(), s.address, portmap_port),
         OncRpcServer(ctx, [program], s.address, s.port),
         Registration(s.address, s.port, portmap_port),

@@ -132,7 +132,9 @@ def test_the_locustfile_drives_the_shop(stack: Stack, tmp_path):
         cwd=ROOT, env={**stack.env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
         timeout=90,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    errors = tmp_path / "run_failures.csv"
+    assert result.returncode == 0, (result.stderr[-2000:],
+                                    errors.read_text() if errors.exists() else "")  # fmt: skip
     with open(tmp_path / "run_stats.csv") as fh:
         rows = {r["Name"]: r for r in csv.DictReader(fh)}
     total = rows["Aggregated"]

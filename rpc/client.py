@@ -18,6 +18,48 @@ from rpc.discovery import Discovery
 from rpc.errors import Code, DomainError, from_grpc
 
 S = TypeVar("S")
+P = TypeVar("P", bound="PersistentConnection")
+
+
+class PersistentConnection(asyncio.Protocol):
+    """What :class:`Connections` keeps: a protocol that knows when it has closed."""
+
+    transport: asyncio.Transport | None = None
+    closed: bool = False
+
+
+class Connections(Generic[P]):
+    """One long-lived connection per instance for wires that multiplex calls on it (Dubbo,
+    ONC RPC): opened on first use, and again once it has closed; concurrent callers wait
+    for the one being opened."""
+
+    def __init__(self, factory: Callable[[], P]) -> None:
+        self.factory = factory
+        self.open: dict[str, P] = {}
+        self._opening: dict[str, asyncio.Lock] = {}
+
+    async def get(self, endpoint: str) -> P:
+        conn = self.open.get(endpoint)
+        if conn is not None and not conn.closed:
+            return conn
+        async with self._opening.setdefault(endpoint, asyncio.Lock()):
+            conn = self.open.get(endpoint)
+            if conn is None or conn.closed:
+                host, _, port = endpoint.rpartition(":")
+                try:
+                    _, conn = await asyncio.get_running_loop().create_connection(
+                        self.factory, host, int(port)
+                    )
+                except OSError as exc:
+                    raise DomainError(Code.UNAVAILABLE, f"cannot reach {endpoint}: {exc}") from None
+                self.open[endpoint] = conn
+        return conn
+
+    def close(self) -> None:
+        for conn in self.open.values():
+            if conn.transport is not None:
+                conn.transport.close()
+        self.open.clear()
 
 RETRY_BACKOFF_S = 0.05
 RETRY_BACKOFF_MAX_S = 0.4

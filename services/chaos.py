@@ -34,6 +34,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rich.console import Console
@@ -61,38 +62,51 @@ async def back_healthy(hosts: list[Host], since: float, limit: float) -> float |
     return None
 
 
-async def inject(args: argparse.Namespace, launcher: Launcher, started: float,
-                 faults: list[dict[str, Any]]) -> None:  # fmt: skip
-    rng = random.Random(args.seed)
-    roles = set(args.targets.split(",")) if args.targets else None
-    groups = targets(launcher.topology, roles)
+Hit = Callable[[list[Host], str], Awaitable[None]]
+Back = Callable[[dict[str, Any], list[Host], float], Awaitable[None]]
+
+
+async def inject(args: argparse.Namespace, groups: list[list[Host]], hit: Hit, back: Back,
+                 started: float, faults: list[dict[str, Any]]) -> None:  # fmt: skip
+    """Every ``--every`` seconds a fault on a group picked at random, until the run's end;
+    each fault's recovery is timed beside the ones that follow."""
     if not groups:
-        raise SystemExit(f"no host has a role in --targets {args.targets}")
+        raise SystemExit(f"nothing to hit has a role in --targets {args.targets}")
+    rng = random.Random(args.seed)
     recoveries = []
     await asyncio.sleep(args.every)
     while time.monotonic() - started < args.duration - 1:
         group = rng.choice(groups)
         kind = rng.choice(("kill", "hang")) if args.fault == "mix" else args.fault
-        record = launcher.running().get(group[0].name)
         fault: dict[str, Any] = {
             "at_s": round(time.monotonic() - started, 2),
             "host": ", ".join(h.name for h in group),
             "kind": kind,
         }
         faults.append(fault)
-        if record is None:
-            fault["skipped"] = "not running"
+        at = time.monotonic()
+        try:
+            await hit(group, kind)
+        except (RuntimeError, OSError) as exc:
+            fault["skipped"] = str(exc)
         else:
-            hit = time.monotonic()
-            if kind == "kill":
-                os.killpg(record.pid, signal.SIGKILL)
-            else:
-                os.killpg(record.pid, signal.SIGSTOP)
-                loop = asyncio.get_running_loop()
-                loop.call_later(args.hang, os.killpg, record.pid, signal.SIGCONT)
-            recoveries.append(asyncio.create_task(_record_back(fault, group, hit)))
+            recoveries.append(asyncio.create_task(back(fault, group, at)))
         await asyncio.sleep(args.every)
     await asyncio.gather(*recoveries)
+
+
+def process_hit(args: argparse.Namespace, launcher: Launcher) -> Hit:
+    async def hit(group: list[Host], kind: str) -> None:
+        record = launcher.running().get(group[0].name)
+        if record is None:
+            raise RuntimeError("not running")
+        if kind == "kill":
+            os.killpg(record.pid, signal.SIGKILL)
+            return
+        os.killpg(record.pid, signal.SIGSTOP)
+        asyncio.get_running_loop().call_later(args.hang, os.killpg, record.pid, signal.SIGCONT)
+
+    return hit
 
 
 async def _record_back(fault: dict[str, Any], group: list[Host], hit: float) -> None:
@@ -181,45 +195,39 @@ class Docker:
         return json.loads(out)
 
 
-async def inject_docker(args: argparse.Namespace, docker: Docker, started: float,
-                        faults: list[dict[str, Any]]) -> None:  # fmt: skip
-    rng = random.Random(args.seed)
+def docker_targets(args: argparse.Namespace, docker: Docker) -> list[list[Host]]:
     roles = set(args.targets.split(",")) if args.targets else None
     # The phone is the load itself, the NAT the only entry: neither is a fault target.
-    hosts = [h for h in docker.topology.hosts if h.role != "nat" and h.name != "tenant-b-inventory"
-             and (roles is None or h.role in roles)]  # fmt: skip
-    if not hosts:
-        raise SystemExit(f"no container has a role in --targets {args.targets}")
-    recoveries = []
-    await asyncio.sleep(args.every)
-    while time.monotonic() - started < args.duration - 1:
-        host = rng.choice(hosts)
-        kind = rng.choice(("kill", "hang")) if args.fault == "mix" else args.fault
-        fault: dict[str, Any] = {"at_s": round(time.monotonic() - started, 2),
-                                 "host": host.name, "kind": kind}  # fmt: skip
-        faults.append(fault)
-        hit = time.monotonic()
-        try:
-            if kind == "kill":
-                await docker.kill(host.name)
-            else:
-                recoveries.append(asyncio.create_task(docker.hang(host.name, args.hang)))
-        except (RuntimeError, OSError) as exc:
-            fault["skipped"] = str(exc)
-        else:
-            recoveries.append(asyncio.create_task(_docker_back(docker, fault, host.name, hit)))
-        await asyncio.sleep(args.every)
-    await asyncio.gather(*recoveries)
+    return [[h] for h in docker.topology.hosts
+            if h.role != "nat" and h.name != "tenant-b-inventory"
+            and (roles is None or h.role in roles)]  # fmt: skip
 
 
-async def _docker_back(docker: Docker, fault: dict[str, Any], service: str, hit: float) -> None:
-    await asyncio.sleep(0.2)
-    while time.monotonic() - hit < 60:
-        if await docker.healthy(service):
-            fault["healthy_after_s"] = round(time.monotonic() - hit, 2)
+def docker_hit(args: argparse.Namespace, docker: Docker) -> Hit:
+    hangs: set[asyncio.Task[None]] = set()
+
+    async def hit(group: list[Host], kind: str) -> None:
+        if kind == "kill":
+            await docker.kill(group[0].name)
             return
+        task = asyncio.create_task(docker.hang(group[0].name, args.hang))
+        hangs.add(task)
+        task.add_done_callback(hangs.discard)
+
+    return hit
+
+
+def docker_back(docker: Docker) -> Back:
+    async def back(fault: dict[str, Any], group: list[Host], hit: float) -> None:
         await asyncio.sleep(0.2)
-    fault["healthy_after_s"] = None
+        while time.monotonic() - hit < 60:
+            if await docker.healthy(group[0].name):
+                fault["healthy_after_s"] = round(time.monotonic() - hit, 2)
+                return
+            await asyncio.sleep(0.2)
+        fault["healthy_after_s"] = None
+
+    return back
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -234,14 +242,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             quiet = await docker.load(args)
         started = time.monotonic()
         chaos_load = asyncio.create_task(docker.load(args))
-        await inject_docker(args, docker, started, faults)
+        await inject(args, docker_targets(args, docker), docker_hit(args, docker),
+                     docker_back(docker), started, faults)  # fmt: skip
         report = await chaos_load
     else:
         if not args.no_quiet:
             quiet = await load.execute(load_args(args), live=False)
         started = time.monotonic()
         chaos_load = asyncio.create_task(load.execute(load_args(args), live=False))
-        await inject(args, launcher, started, faults)
+        roles = set(args.targets.split(",")) if args.targets else None
+        await inject(args, targets(launcher.topology, roles), process_hit(args, launcher),
+                     _record_back, started, faults)  # fmt: skip
         report = await chaos_load
     report.pop("journeys", None)
     out: dict[str, Any] = {

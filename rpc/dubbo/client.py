@@ -9,7 +9,7 @@ import itertools
 from typing import Any
 
 from infra.telemetry import client_span, mark_error
-from rpc.client import BalancedClient
+from rpc.client import BalancedClient, Connections, PersistentConnection
 from rpc.discovery import Discovery
 from rpc.dubbo import codec
 from rpc.dubbo.codec import Frame, Invocation, Status
@@ -26,7 +26,7 @@ STATUS_CODES = {
 }
 
 
-class Connection(asyncio.Protocol):
+class Connection(PersistentConnection):
     def __init__(self) -> None:
         self.decoder = codec.FrameDecoder()
         self.pending: dict[int, asyncio.Future[Frame]] = {}
@@ -81,25 +81,7 @@ class DubboClient(BalancedClient):
         super().__init__(target, timeout, max_in_flight=max_in_flight)
         self.path, self.version = path, version
         self._ids = itertools.count(1)
-        self._connections: dict[str, Connection] = {}
-        self._connecting: dict[str, asyncio.Lock] = {}
-
-    async def _connection(self, endpoint: str) -> Connection:
-        connection = self._connections.get(endpoint)
-        if connection is not None and not connection.closed:
-            return connection
-        async with self._connecting.setdefault(endpoint, asyncio.Lock()):
-            connection = self._connections.get(endpoint)
-            if connection is None or connection.closed:
-                host, _, port = endpoint.rpartition(":")
-                try:
-                    _, connection = await asyncio.get_running_loop().create_connection(
-                        Connection, host, int(port)
-                    )
-                except OSError as exc:
-                    raise DomainError(Code.UNAVAILABLE, f"cannot reach {endpoint}: {exc}") from None
-                self._connections[endpoint] = connection
-        return connection
+        self._connections = Connections(Connection)
 
     async def invoke(self, endpoint: str, method: str, request: Any, timeout: float) -> Any:
         attributes = {
@@ -109,7 +91,7 @@ class DubboClient(BalancedClient):
             "server.address": endpoint,
         }
         with client_span(f"{self.path}/{method}", attributes) as (span, carrier):
-            connection = await self._connection(endpoint)
+            connection = await self._connections.get(endpoint)
             args, descriptor = request
             # The deadline travels as Dubbo's own `timeout` attachment (milliseconds).
             attachments = {**carrier, "timeout": str(max(1, int(timeout * 1000)))}
@@ -149,10 +131,7 @@ class DubboClient(BalancedClient):
         return result.value
 
     async def stop(self, grace: float) -> None:
-        for connection in self._connections.values():
-            if connection.transport is not None:
-                connection.transport.close()
-        self._connections.clear()
+        self._connections.close()
 
 
 def exception_error(exception: Any) -> DomainError:

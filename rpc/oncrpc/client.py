@@ -16,7 +16,7 @@ import itertools
 from typing import Any
 
 from infra.telemetry import client_span, mark_error
-from rpc.client import BalancedClient
+from rpc.client import BalancedClient, Connections, PersistentConnection
 from rpc.discovery import Discovery
 from rpc.errors import Code, DomainError
 from rpc.oncrpc.message import (
@@ -40,7 +40,7 @@ STAT_CODES = {
 }
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(PersistentConnection):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.records = RecordReader()
@@ -92,25 +92,7 @@ class OncRpcClient(BalancedClient):
         self.prog, self.vers, self.name = prog, vers, name or str(prog)
         self.cred = AuthSys(machine=machine).auth() if machine else Auth()
         self._xids = itertools.count(1)
-        self._connections: dict[str, _Connection] = {}
-        self._opening: dict[str, asyncio.Lock] = {}
-
-    async def _connection(self, endpoint: str) -> _Connection:
-        conn = self._connections.get(endpoint)
-        if conn is not None and not conn.closed:
-            return conn
-        async with self._opening.setdefault(endpoint, asyncio.Lock()):
-            conn = self._connections.get(endpoint)
-            if conn is None or conn.closed:
-                host, _, port = endpoint.rpartition(":")
-                try:
-                    _, conn = await asyncio.get_running_loop().create_connection(
-                        _Connection, host, int(port)
-                    )
-                except OSError as exc:
-                    raise DomainError(Code.UNAVAILABLE, f"cannot reach {endpoint}: {exc}") from None
-                self._connections[endpoint] = conn
-        return conn
+        self._connections = Connections(_Connection)
 
     async def invoke(self, endpoint: str, method: str, request: Any, timeout: float) -> bytes:
         proc, build_args = request
@@ -119,7 +101,7 @@ class OncRpcClient(BalancedClient):
                       "rpc.onc_rpc.version": self.vers, "rpc.onc_rpc.procedure": proc}  # fmt: skip
         with client_span(f"{self.name}/{method}", attributes) as (span, carrier):
             args = build_args(carrier, timeout)
-            conn = await self._connection(endpoint)
+            conn = await self._connections.get(endpoint)
             xid = next(self._xids) & 0xFFFFFFFF
             record = Call(xid, self.prog, self.vers, proc, self.cred, args=args).pack()
             future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -147,7 +129,4 @@ class OncRpcClient(BalancedClient):
             return reply.body
 
     async def stop(self, grace: float) -> None:
-        for conn in self._connections.values():
-            if conn.transport is not None:
-                conn.transport.close()
-        self._connections.clear()
+        self._connections.close()

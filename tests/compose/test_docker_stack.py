@@ -71,11 +71,29 @@ def lab() -> Iterator[None]:
         d11("docker", "down", env=env, timeout=120, check=False)
 
 
+def hop_coupon(protocol: str) -> str:
+    """A coupon of the hop test's own for this wire (each phone user may redeem a coupon
+    three times: one run per wire would use up a shared one), created through the admin API
+    from the phone container, as an operator would."""
+    code = f"HOP-{protocol.upper()}"
+    url = f"http://{T.host('controller-1').address}:8080/api/admin/coupons"
+    body = json.dumps({"code": code, "kind": "PERCENT", "value": 10, "per_user_limit": 3})
+    script = (
+        "import urllib.request as u, urllib.error as e\n"
+        f"r = u.Request({url!r}, data={body!r}.encode(), method='POST', headers="
+        "{'X-Admin-Token': 'double-11-lab-admin', 'Content-Type': 'application/json'})\n"
+        "try:\n    u.urlopen(r, timeout=10)\n"
+        "except e.HTTPError as x:\n    assert x.code == 409, x.code  # made by an earlier run\n"
+    )
+    in_container("phone", "python", "-c", script)
+    return code
+
+
 def load(protocol: str, *extra: str, coupon: bool = True) -> dict:
     """A bounded flash sale from the phone container (every phone on HTTPDNS, so traces hold
     its resolution). The coupon allows three orders per phone user: the hop tests use it,
     the others do not, so they never run out of it."""
-    with_coupon = ["--coupon", "D11-10PCT"] if coupon else []
+    with_coupon = ["--coupon", hop_coupon(protocol)] if coupon else []
     out = in_container(
         "phone", "python", "-m", "infra", "load", "--scenario", "flash-sale", "--json",
         "--orders", "24", "--concurrency", "24", "--stock", "12", "--protocol", protocol,

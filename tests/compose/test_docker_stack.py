@@ -251,7 +251,7 @@ def test_overlay_on_the_wire(lab: None, tmp_path) -> None:
     bridge = net["Options"].get("com.docker.network.bridge.name") or f"br-{net['Id'][:12]}"
     pcap = tmp_path / "underlay.pcap"
     capture = subprocess.Popen(
-        ["tshark", "-q", "-i", bridge, "-f", "udp port 4789", "-a", "duration:60",
+        ["tshark", "-q", "-i", bridge, "-f", "udp port 4789", "-a", "duration:240",
          "-a", "filesize:50000", "-w", str(pcap)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip

@@ -66,7 +66,8 @@ def test_status_json_lists_every_service_healthy(stack: Stack):
 
 
 @pytest.mark.parametrize(
-    ("protocol", "rpc_system"), [("grpc", "grpc"), ("dubbo", "apache_dubbo"), ("soap", "soap")]
+    ("protocol", "rpc_system"),
+    [("grpc", "grpc"), ("dubbo", "apache_dubbo"), ("soap", "soap"), ("oncrpc", "onc_rpc")],
 )
 def test_one_trace_covers_every_hop(stack: Stack, http, protocol: str, rpc_system: str):
     traced = place_traced(stack, http, protocol)
@@ -106,11 +107,12 @@ def test_one_trace_covers_every_hop(stack: Stack, http, protocol: str, rpc_syste
         if re.sub(r"-\d+$", "", s["service"]) == f"order-{protocol}" and s["kind"] == "SERVER"
     )
     assert order_span["attributes"]["rpc.system"] == rpc_system
-    assert order_span["attributes"]["rpc.method"] in ("PlaceOrder", "placeOrder")
+    assert order_span["attributes"]["rpc.method"] in ("PlaceOrder", "placeOrder", "PLACE_ORDER")
     # The RPC's size on the wire: the controller's call span (gRPC, Dubbo) or the SOAP
     # server's span carries request and response bytes.
     rpc_spans = [s for s in spans if s["attributes"].get("rpc.system") == rpc_system
-                 and s["attributes"].get("rpc.method") in ("PlaceOrder", "placeOrder")]  # fmt: skip
+                 and s["attributes"].get("rpc.method")
+                 in ("PlaceOrder", "placeOrder", "PLACE_ORDER")]  # fmt: skip
     sized = [s for s in rpc_spans if "rpc.request.size" in s["attributes"]]
     assert sized, rpc_spans
     assert all(s["attributes"]["rpc.request.size"] > 20 for s in sized)

@@ -13,14 +13,7 @@ import asyncio
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import httpx
-import zeep
-from zeep.exceptions import Fault as ZeepFault
-from zeep.exceptions import TransportError
-from zeep.proxy import AsyncServiceProxy
-from zeep.transports import AsyncTransport
+from typing import TYPE_CHECKING, Any
 
 from infra.http import HttpServer, make_app
 from infra.service import Component, Context, run
@@ -31,6 +24,11 @@ from rpc.errors import Code, DomainError
 from rpc.soap.envelope import MAX_BODY, Fault, Operation, SoapService
 from services.order_api import Line, Order, PlaceOrder, StatusChange
 from services.orders import Orders, domain
+
+if TYPE_CHECKING:  # the client's libraries load with the client: a server never needs them
+    import httpx
+    import zeep
+    from zeep.exceptions import Fault as ZeepFault
 
 NS = "urn:double11:order:v1"
 WSDL = Path(__file__).with_name("order.wsdl")
@@ -189,20 +187,33 @@ class Client(BalancedClient):
         self.http: httpx.AsyncClient | None = None
         self.client: zeep.AsyncClient | None = None
         self._services: dict[str, Any] = {}
+        self._ready: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # zeep reads and compiles the WSDL synchronously (half a second): off the event loop
+        # and off the start-up path, so a restarted controller serves before it is done.
+        self._ready = asyncio.create_task(self._compile())
+
+    async def _compile(self) -> None:
+        import httpx
+        import zeep
+        from zeep.transports import AsyncTransport
+
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
         self.http = httpx.AsyncClient(limits=limits, timeout=self.timeout, trust_env=False)
-        # zeep reads and compiles the WSDL synchronously: once, off the event loop.
         self.client = await asyncio.to_thread(
             zeep.AsyncClient, str(WSDL), transport=AsyncTransport(client=self.http)
         )
 
     async def stop(self, grace: float) -> None:
+        if self._ready is not None and not self._ready.done():
+            self._ready.cancel()
         if self.http is not None:
             await self.http.aclose()
 
     def _service(self, endpoint: str) -> Any:
+        from zeep.proxy import AsyncServiceProxy
+
         if endpoint not in self._services:
             assert self.client is not None
             # Not client.create_service(): on AsyncClient it returns a synchronous proxy.
@@ -213,9 +224,15 @@ class Client(BalancedClient):
         return self._services[endpoint]
 
     async def invoke(self, endpoint: str, method: str, request: Any, timeout: float) -> Any:
+        import httpx
+        from zeep.exceptions import Fault as ZeepFault
+        from zeep.exceptions import TransportError
+
         attributes = {"rpc.system": "soap", "rpc.service": "OrderService", "rpc.method": method,
                       "server.address": endpoint}  # fmt: skip
         with client_span(f"OrderService/{method}", attributes) as (span, carrier):
+            if self._ready is not None:
+                await asyncio.shield(self._ready)  # the WSDL, compiled once
             operation = getattr(self._service(endpoint), method)
             headers: dict[str, Any] = {"timeoutMs": max(1, int(timeout * 1000))}
             if "traceparent" in carrier:

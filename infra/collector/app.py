@@ -10,9 +10,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -22,8 +25,11 @@ from infra.collector.store import SpanStore
 from infra.db import ThreadOwned
 from infra.http import HttpServer, make_app
 from infra.service import Component, Context, run
+from infra.tasks import Periodic
 from infra.topology import TopologyError
 from infra.topology import load as load_topology
+
+log = logging.getLogger("d11.collector")
 
 MAX_BODY = 16 * 1024 * 1024
 VIEWER = Path(__file__).with_name("viewer.html")
@@ -35,7 +41,37 @@ def _json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def routes(storage: ThreadOwned[SpanStore], name: str = "collector") -> web.RouteTableDef:
+@dataclass(frozen=True)
+class Retention:
+    """How long and how much the store keeps (``D11_TRACE_MAX_AGE`` seconds,
+    ``D11_TRACE_MAX_MB``): the oldest traces go first."""
+
+    max_age_s: float = 6 * 3600.0
+    max_mb: float = 256.0
+
+    def describe(self) -> str:
+        return f"traces are kept {self.max_age_s:g} s and {self.max_mb:g} MB at most"
+
+
+class Pruner(Periodic):
+    def __init__(
+        self, storage: ThreadOwned[SpanStore], retention: Retention, every: float = 10.0
+    ) -> None:
+        super().__init__("span-retention", every, self._prune)
+        self.storage, self.retention = storage, retention
+
+    async def _prune(self) -> None:
+        r = self.retention
+        dropped = await self.storage.run(SpanStore.prune, time.time_ns(), r.max_age_s,
+                                         int(r.max_mb * 2**20))  # fmt: skip
+        if dropped:
+            log.info("retention dropped %d traces", dropped, extra={"dropped": dropped})
+
+
+def routes(
+    storage: ThreadOwned[SpanStore], name: str = "collector", retention: Retention | None = None
+) -> web.RouteTableDef:
+    retention = retention or Retention()
     api = web.RouteTableDef()
 
     @api.post("/v1/traces")
@@ -83,6 +119,11 @@ def routes(storage: ThreadOwned[SpanStore], name: str = "collector") -> web.Rout
             return _json_error(400, "a trace id is 32 hex digits")
         spans = await storage.run(SpanStore.trace, trace_id)
         if not spans:
+            aged = await storage.run(SpanStore.aged_out, trace_id)
+            if aged is not None:
+                when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(aged / 1e9))
+                return _json_error(410, f"trace {trace_id} aged out of the store at {when}"
+                                        f" ({retention.describe()})")  # fmt: skip
             return _json_error(404, f"no trace {trace_id}")
         return web.json_response({"trace_id": trace_id, "spans": spans})
 
@@ -127,9 +168,12 @@ async def build(ctx: Context) -> Sequence[Component]:
     s = ctx.settings
     path = s.data_dir / "spans.sqlite3"
     storage = ThreadOwned(lambda: SpanStore(path), "spanstore")
+    retention = Retention(s.get_float("TRACE_MAX_AGE", Retention.max_age_s),
+                          s.get_float("TRACE_MAX_MB", Retention.max_mb))  # fmt: skip
     app = make_app(ctx, client_max_size=MAX_BODY)
-    app.add_routes(routes(storage, s.name))
-    return [storage, HttpServer(app, s.address, s.port)]
+    app.add_routes(routes(storage, s.name, retention))
+    pruner = Pruner(storage, retention, s.get_float("TRACE_PRUNE_EVERY", 10.0))
+    return [storage, pruner, HttpServer(app, s.address, s.port)]
 
 
 def main() -> None:

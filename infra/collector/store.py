@@ -27,7 +27,14 @@ CREATE INDEX IF NOT EXISTS traces_by_start ON traces (start_ns);
 CREATE TABLE IF NOT EXISTS trace_services (
     service TEXT NOT NULL, trace_id TEXT NOT NULL, PRIMARY KEY (service, trace_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS aged_out (
+    trace_id TEXT PRIMARY KEY, at_ns INTEGER NOT NULL
+) WITHOUT ROWID;
 """
+# Traces dropped by retention are remembered (id and when) so a reader is told "aged out"
+# rather than "unknown"; the newest this many.
+MAX_TOMBSTONES = 100_000
+PRUNE_BATCH = 200
 
 _COLUMNS = (
     "trace_id, span_id, parent_id, service, name, kind, start_ns, end_ns, status,"
@@ -90,6 +97,51 @@ class SpanStore:
                 "INSERT OR IGNORE INTO trace_services VALUES (?, ?)",
                 {(row[3], row[0]) for row in rows},
             )
+
+    # -- retention, as Jaeger's --memory.max-traces and Badger's TTL ------------------------
+    def used_bytes(self) -> int:
+        """Bytes of the database's pages in use (freed pages are reused, not counted)."""
+        page = self.db.execute("PRAGMA page_size").fetchone()[0]
+        count = self.db.execute("PRAGMA page_count").fetchone()[0]
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        return page * (count - free)
+
+    def prune(self, now_ns: int, max_age_s: float, max_bytes: int) -> int:
+        """Drop traces that started more than ``max_age_s`` ago, then the oldest until the
+        store holds at most ``max_bytes``; returns how many traces went."""
+        cutoff = now_ns - int(max_age_s * 1e9)
+        old = [t for (t,) in self.db.execute(
+            "SELECT trace_id FROM traces WHERE start_ns < ?", (cutoff,))]  # fmt: skip
+        dropped = self._drop(old, now_ns)
+        while self.used_bytes() > max_bytes:
+            batch = "SELECT trace_id FROM traces ORDER BY start_ns LIMIT ?"
+            oldest = [t for (t,) in self.db.execute(batch, (PRUNE_BATCH,))]
+            if not oldest:
+                break
+            dropped += self._drop(oldest, now_ns)
+        return dropped
+
+    def _drop(self, trace_ids: list[str], now_ns: int) -> int:
+        if not trace_ids:
+            return 0
+        rows = [(t,) for t in trace_ids]
+        with Transaction(self.db):
+            for table in ("spans", "traces", "trace_services"):
+                self.db.executemany(f"DELETE FROM {table} WHERE trace_id = ?", rows)
+            self.db.executemany("INSERT OR REPLACE INTO aged_out VALUES (?, ?)",
+                                [(t, now_ns) for t in trace_ids])  # fmt: skip
+            self.db.execute(
+                "DELETE FROM aged_out WHERE trace_id NOT IN"
+                " (SELECT trace_id FROM aged_out ORDER BY at_ns DESC LIMIT ?)",
+                (MAX_TOMBSTONES,),
+            )
+        return len(trace_ids)
+
+    def aged_out(self, trace_id: str) -> int | None:
+        """When retention dropped this trace (ns since the epoch), if it did."""
+        row = self.db.execute("SELECT at_ns FROM aged_out WHERE trace_id = ?", (trace_id,))
+        found = row.fetchone()
+        return found[0] if found else None
 
     def trace(self, trace_id: str) -> list[dict[str, Any]]:
         cursor = self.db.execute(

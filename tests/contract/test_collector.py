@@ -163,3 +163,26 @@ def test_unknown_trace_is_404_and_malformed_id_is_400(stack: Stack, http):
 def test_metrics_endpoint_counts_exports(stack: Stack, http):
     text = http.get(stack.url("collector", "/metrics")).text
     assert 'd11_requests_total{operation="POST /v1/traces",outcome="200",protocol="http"}' in text
+
+
+def test_a_trace_past_retention_is_gone_and_said_to_have_aged_out(tmp_path):
+    """A private collector keeping traces one second: a trace it stored is pruned, and then
+    both the API (410 Gone) and ./d11 trace say it aged out, rather than 'unknown'."""
+    from bench.peers import our_service
+    from tests.conftest import d11, stack_env
+
+    with our_service("infra.collector", "127.10.8.50", 4318, run_dir=tmp_path / "run",
+                     D11_TRACE_MAX_AGE="1", D11_TRACE_PRUNE_EVERY="0.3"):  # fmt: skip
+        base = "http://127.10.8.50:4318"
+        trace_id = secrets.token_hex(16)
+        with httpx.Client(timeout=5, trust_env=False) as client:
+            assert client.post(f"{base}/v1/traces", json=_json_export(trace_id, "00f067aa0ba902b7"),
+                               ).status_code == 200  # fmt: skip
+            assert client.get(f"{base}/api/traces/{trace_id}").status_code == 200
+            gone = wait_for(lambda: (r := client.get(f"{base}/api/traces/{trace_id}")).status_code
+                            == 410 and r, timeout=10, what="the trace to age out")  # fmt: skip
+            assert "aged out" in gone.json()["error"] and "kept 1 s" in gone.json()["error"]
+            assert client.get(f"{base}/api/traces/{secrets.token_hex(16)}").status_code == 404
+        out = d11("trace", trace_id, "--collector", base, env=stack_env(tmp_path / "run"),
+                  check=False)  # fmt: skip
+        assert out.returncode == 1 and "410" in out.stderr and "aged out" in out.stderr

@@ -43,7 +43,7 @@ class Phone(HttpUser):
             f"/api/items/{item}", name="/api/items/[id]", catch_response=True
         ) as r:
             if r.status_code != 200:
-                r.failure(f"HTTP {r.status_code}")
+                r.failure(f"HTTP {r.status_code} {r.error or ''}".strip())
                 return
             images = r.json().get("images") or []
         if images:

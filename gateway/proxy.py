@@ -379,9 +379,10 @@ class Gateway:
         cert, key = Path(server.ssl_certificate), Path(server.ssl_certificate_key)
         if not cert.is_absolute():
             cert, key = ctx.settings.run_dir / cert, ctx.settings.run_dir / key
-        if not cert.exists():
-            # First start: the lab CA issues this server's certificate.
-            directory = pki_dir(ctx.settings.env, ctx.settings.run_dir)
+        directory = pki_dir(ctx.settings.env, ctx.settings.run_dir)
+        if not cert.exists() or cert.parent.resolve() == directory.resolve():
+            # The lab CA's: issued at first start, and reissued when this listener's address
+            # is not in it yet (two gateways share the name; each adds its addresses).
             made_cert, made_key = ensure_server_cert(
                 directory, cert.stem, [*server.names, address, "localhost"]
             )

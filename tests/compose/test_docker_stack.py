@@ -259,6 +259,7 @@ def test_overlay_on_the_wire(lab: None, tmp_path) -> None:
         time.sleep(2)  # tshark is capturing
         for protocol in PROTOCOLS:
             load(protocol, "--orders", "4", "--concurrency", "4", coupon=False)
+        time.sleep(3)  # the last wire's packets reach the file before tshark is stopped
     finally:
         capture.terminate()  # tshark writes what it has on SIGTERM
         capture.wait(timeout=30)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from infra import ROOT
+from infra import ROOT, write_atomic
 from infra.health import probe_all
 from infra.procs import (
     PidDir,
@@ -177,9 +177,7 @@ class Launcher:
             )
         start_time = proc_start_time(process.pid)
         record = {"name": "supervisor", "pid": process.pid, "start_time": start_time}
-        tmp = self.dir / "supervisor" / ".pid.tmp"
-        tmp.write_text(json.dumps(record))
-        tmp.replace(self.dir / "supervisor" / "pid.json")
+        write_atomic(self.dir / "supervisor" / "pid.json", json.dumps(record))
         return True
 
     def supervision(self) -> dict[str, dict[str, Any]]:

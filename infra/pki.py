@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from infra import write_atomic
+
 CA_NAME = "Double-11 Lab CA"
 VALIDITY = dt.timedelta(days=825)
 
@@ -29,14 +31,6 @@ def pki_dir(env: Mapping[str, str], run_dir: Path) -> Path:
     path = Path(env.get("D11_PKI_DIR") or run_dir / "pki")
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _write(path: Path, data: bytes, private: bool = False) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    if private:
-        tmp.chmod(0o600)
-    tmp.replace(path)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -78,8 +72,8 @@ def ensure_ca(directory: Path) -> tuple[Path, Path]:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, hashes.SHA256())
         )
-        _write(key_path, _key_pem(key), private=True)
-        _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+        write_atomic(key_path, _key_pem(key), mode=0o600)
+        write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 
 
@@ -129,8 +123,8 @@ def ensure_server_cert(directory: Path, name: str, alt_names: Iterable[str]) -> 
             )
             .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
         )
-        _write(key_path, _key_pem(key), private=True)
-        _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+        write_atomic(key_path, _key_pem(key), mode=0o600)
+        write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 
 

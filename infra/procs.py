@@ -11,6 +11,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from infra import write_atomic
+
 
 @dataclass(frozen=True)
 class PidRecord:
@@ -73,9 +75,7 @@ class PidDir:
 
     def write(self, record: PidRecord) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.path / f".{record.name}.tmp"
-        tmp.write_text(json.dumps(asdict(record)))
-        tmp.replace(self.path / f"{record.name}.json")
+        write_atomic(self.path / f"{record.name}.json", json.dumps(asdict(record)))
 
     def read_all(self) -> dict[str, PidRecord]:
         records = {}

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from infra import write_atomic
 from infra.logs import setup_logging
 from infra.service import EXIT_CONFIG
 
@@ -112,9 +113,7 @@ class Wanted:
     def _change(self, update: Callable[[dict[str, float]], dict[str, float]]) -> dict[str, float]:
         with self._locked():
             names = update(self.read())
-            tmp = self.dir / ".wanted.tmp"
-            tmp.write_text(json.dumps(names, sort_keys=True))
-            tmp.replace(self.path)
+            write_atomic(self.path, json.dumps(names, sort_keys=True))
             return names
 
     def add(self, names: set[str]) -> dict[str, float]:
@@ -163,9 +162,8 @@ class Supervisor:
 
     def _save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / ".state.tmp"
-        tmp.write_text(json.dumps({"hosts": {n: asdict(s) for n, s in self.states.items()}}))
-        tmp.replace(self.dir / "state.json")
+        hosts = {n: asdict(s) for n, s in self.states.items()}
+        write_atomic(self.dir / "state.json", json.dumps({"hosts": hosts}))
 
     # -- the loop ------------------------------------------------------------------------
     def tick(self, now: float) -> None:

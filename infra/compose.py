@@ -14,6 +14,7 @@ loopback address left over is an error, so nothing of process mode leaks into co
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 import sys
 from pathlib import Path
@@ -268,8 +269,7 @@ def reverse_zone(t: Topology, forward: list[str], origin: str) -> str:
             if address.split(".")[0] == first:
                 ptr.setdefault(address, named.get(address, f"{host.name}.lab.example."))
     lines = [REVERSE_HEAD.format(mode=t.mode, origin=origin)]
-    key = lambda a: tuple(int(x) for x in a.split("."))  # noqa: E731
-    for address in sorted(ptr, key=key):
+    for address in sorted(ptr, key=ipaddress.IPv4Address):
         owner = ".".join(reversed(address.split(".")[1:]))
         lines.append(f"{owner:<12} IN PTR {ptr[address]}\n")
     return "".join(lines)

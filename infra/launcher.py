@@ -321,7 +321,7 @@ class Launcher:
                     "healthy": health[host.name],
                     "rss_bytes": rss,
                     "pss_bytes": pss,
-                    "state": state.get("state", "stopped") if record or state else "stopped",
+                    "state": state.get("state", "stopped"),
                     "restarts": state.get("restarts", 0),
                     "last_exit": state.get("last_exit"),
                 }

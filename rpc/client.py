@@ -18,14 +18,53 @@ from rpc.discovery import Discovery
 from rpc.errors import Code, DomainError, from_grpc
 
 S = TypeVar("S")
-P = TypeVar("P", bound="PersistentConnection")
+R = TypeVar("R")
+P = TypeVar("P", bound="PersistentConnection[Any]")
 
 
-class PersistentConnection(asyncio.Protocol):
-    """What :class:`Connections` keeps: a protocol that knows when it has closed."""
+class PersistentConnection(asyncio.Protocol, Generic[R]):
+    """What :class:`Connections` keeps: one stream that multiplexes calls, each reply
+    matched to its call by a key (Dubbo's request id, ONC RPC's xid). A subclass parses
+    the stream in ``data_received`` and hands each reply to :meth:`resolve`."""
 
-    transport: asyncio.Transport | None = None
-    closed: bool = False
+    lost_message = "connection lost"
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.pending: dict[int, asyncio.Future[R]] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(DomainError(Code.UNAVAILABLE, self.lost_message))
+
+    def fail(self, error: DomainError) -> None:
+        """Every call still waiting gets ``error``; the connection is not used again."""
+        self.closed = True
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self.pending.clear()
+
+    def resolve(self, key: int, reply: R) -> None:
+        future = self.pending.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(reply)
+
+    async def call(self, key: int, data: bytes, timeout: float, method: str) -> R:
+        """Send ``data`` and wait for the reply keyed ``key``; past ``timeout`` the call
+        is forgotten (a late reply is dropped) and DEADLINE_EXCEEDED raised."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self.pending[key] = future
+        assert self.transport is not None
+        self.transport.write(data)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self.pending.pop(key, None)
+            raise DomainError(Code.DEADLINE_EXCEEDED, f"{method} timed out") from None
 
 
 class Connections(Generic[P]):
@@ -60,6 +99,7 @@ class Connections(Generic[P]):
             if conn.transport is not None:
                 conn.transport.close()
         self.open.clear()
+
 
 RETRY_BACKOFF_S = 0.05
 RETRY_BACKOFF_MAX_S = 0.4

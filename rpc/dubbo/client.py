@@ -4,7 +4,6 @@ sent in the attachments. Balancing, deadlines and retries come from BalancedClie
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from typing import Any
 
@@ -26,21 +25,18 @@ STATUS_CODES = {
 }
 
 
-class Connection(PersistentConnection):
-    def __init__(self) -> None:
-        self.decoder = codec.FrameDecoder()
-        self.pending: dict[int, asyncio.Future[Frame]] = {}
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
+class Connection(PersistentConnection[Frame]):
+    lost_message = "connection to the order service lost"
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def __init__(self) -> None:
+        super().__init__()
+        self.decoder = codec.FrameDecoder()
 
     def data_received(self, data: bytes) -> None:
         try:
             frames = self.decoder.feed(data)
         except codec.FrameError as error:
-            self._fail(DomainError(Code.UNAVAILABLE, f"bad stream from server: {error}"))
+            self.fail(DomainError(Code.UNAVAILABLE, f"bad stream from server: {error}"))
             assert self.transport is not None
             self.transport.close()
             return
@@ -49,19 +45,7 @@ class Connection(PersistentConnection):
                 if frame.is_request and frame.twoway:
                     self.write(Frame(frame.request_id, False, event=True, body=b"N"))
                 continue
-            future = self.pending.pop(frame.request_id, None)
-            if future is not None and not future.done():
-                future.set_result(frame)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._fail(DomainError(Code.UNAVAILABLE, "connection to the order service lost"))
-
-    def _fail(self, error: DomainError) -> None:
-        for future in self.pending.values():
-            if not future.done():
-                future.set_exception(error)
-        self.pending.clear()
+            self.resolve(frame.request_id, frame)
 
     def write(self, frame: Frame) -> None:
         assert self.transport is not None
@@ -99,16 +83,14 @@ class DubboClient(BalancedClient):
                 Invocation(method, self.path, self.version, list(args), descriptor, attachments)
             )
             request_id = next(self._ids)
-            future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
-            connection.pending[request_id] = future
-            connection.write(Frame(request_id, True, body=body))
             span.set_attribute("rpc.request.size", len(body) + codec.HEADER_SIZE)
+            data = codec.encode_frame(Frame(request_id, True, body=body))
             try:
-                reply = await asyncio.wait_for(future, timeout)
-            except TimeoutError:
-                connection.pending.pop(request_id, None)
-                mark_error(span, "deadline exceeded")
-                raise DomainError(Code.DEADLINE_EXCEEDED, f"{method} timed out") from None
+                reply = await connection.call(request_id, data, timeout, method)
+            except DomainError as error:
+                if error.code is Code.DEADLINE_EXCEEDED:
+                    mark_error(span, "deadline exceeded")
+                raise
             span.set_attribute("rpc.response.size", len(reply.body) + codec.HEADER_SIZE)
             span.set_attribute("rpc.dubbo.status", reply.status)
             try:

@@ -11,7 +11,6 @@ UNAVAILABLE, GARBAGE_ARGS is INVALID_ARGUMENT, SYSTEM_ERR and a denied call INTE
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from typing import Any
 
@@ -40,37 +39,20 @@ STAT_CODES = {
 }
 
 
-class _Connection(PersistentConnection):
+class _Connection(PersistentConnection[Reply]):
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
+        super().__init__()
         self.records = RecordReader()
-        self.pending: dict[int, asyncio.Future[Reply]] = {}
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         try:
             for record in self.records.feed(data):
                 reply = parse_reply(record)
-                future = self.pending.pop(reply.xid, None)
-                if future is not None and not future.done():
-                    future.set_result(reply)
+                self.resolve(reply.xid, reply)
         except RpcError as exc:
-            self._fail(DomainError(Code.UNAVAILABLE, f"bad reply: {exc}"))
+            self.fail(DomainError(Code.UNAVAILABLE, f"bad reply: {exc}"))
             assert self.transport is not None
             self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(DomainError(Code.UNAVAILABLE, "connection lost"))
-
-    def _fail(self, error: DomainError) -> None:
-        self.closed = True
-        for future in self.pending.values():
-            if not future.done():
-                future.set_exception(error)
-        self.pending.clear()
 
 
 class OncRpcClient(BalancedClient):
@@ -104,19 +86,12 @@ class OncRpcClient(BalancedClient):
             conn = await self._connections.get(endpoint)
             xid = next(self._xids) & 0xFFFFFFFF
             record = Call(xid, self.prog, self.vers, proc, self.cred, args=args).pack()
-            future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-            conn.pending[xid] = future
-            assert conn.transport is not None
-            conn.transport.write(mark(record))
             span.set_attribute("rpc.request.size", len(record) + 4)
             try:
-                reply = await asyncio.wait_for(future, timeout)
-            except TimeoutError:
-                conn.pending.pop(xid, None)
-                mark_error(span, "deadline exceeded")
-                raise DomainError(Code.DEADLINE_EXCEEDED, f"{method} timed out") from None
+                reply = await conn.call(xid, mark(record), timeout, method)
             except DomainError as error:
-                mark_error(span, str(error))
+                timed_out = error.code is Code.DEADLINE_EXCEEDED
+                mark_error(span, "deadline exceeded" if timed_out else str(error))
                 raise
             span.set_attribute("rpc.response.size", len(reply.body) + 28)
             if reply.reject is not None:

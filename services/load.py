@@ -131,9 +131,10 @@ class Run:
         """An operator's call through any controller that answers: the audit must survive
         the faults it measures. Retried on network errors and 5xx for ADMIN_PATIENCE_S."""
         deadline = time.monotonic() + ADMIN_PATIENCE_S
+        controllers = self.controllers()
         turn = 0
         while True:
-            base = self.controllers()[turn % len(self.controllers())]
+            base = controllers[turn % len(controllers)]
             turn += 1
             try:
                 async with session.request(method, base + path, **kwargs) as r:

@@ -14,7 +14,8 @@ Two kinds of service:
 ``two-layer`` (``api.shop.example``): layer 1 answers the service name with a CNAME to
   ``api.<isp>.gslb.shop.example.`` for the querier's ISP; layer 2 answers that name with the
   entry addresses of the querier's region (``answers`` of them, drawn by weight without
-  replacement, dead ones left out; the next region in ``nearest`` when a region has none).
+  replacement, dead ones left out; the next region in ``nearest`` when a region has none),
+  then ``backup`` live entries of the next region in ``nearest`` (the other site), last.
 
 ``edges`` (``img.shop.example.gslb.cdn.example``): the CDN's edges, each probed (its
   ``/_cdn/load`` report: healthy, load). The answer is the least-loaded live edge of the
@@ -40,6 +41,7 @@ import yaml
 from dnslib import CLASS, CNAME, QTYPE, RR, A, DNSLabel
 
 from dns.zone import key
+from infra import load_yaml
 from infra.config import ConfigError as BaseConfigError
 from infra.http1 import UpstreamError, UpstreamPool, encode_request
 
@@ -198,6 +200,7 @@ class TwoLayer:
     layer2: str  # "api.{isp}.gslb.shop.example."
     answers: int
     entries: dict[str, dict[str, list[Target]]]  # isp → region → targets
+    backup: int = 0  # live entries of the next region with any, after the region's own
     layer2_names: dict[tuple[bytes, ...], str] = field(default_factory=dict)  # name → isp
 
     def __post_init__(self) -> None:
@@ -239,7 +242,7 @@ class Gslb:
     def load(cls, policy_path: Path, ipdb_path: Path | None = None) -> Gslb:
         try:
             text = policy_path.read_text()
-            policy = yaml.safe_load(text)
+            policy = load_yaml(text)
         except OSError as exc:
             raise GslbError(f"{policy_path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
@@ -274,7 +277,8 @@ class Gslb:
                     ]  # fmt: skip
                     entries.setdefault(str(isp), {})[str(region)] = made
                     self.targets += made
-            svc = TwoLayer(name, str(service["layer2"]), answers, entries)
+            svc = TwoLayer(name, str(service["layer2"]), answers, entries,
+                           int(service.get("backup", 0)))  # fmt: skip
             self.two_layer[name] = svc
             for layer2_name, isp in svc.layer2_names.items():
                 self.layer2[layer2_name] = (svc, isp)
@@ -343,11 +347,21 @@ class Gslb:
         if qtype != QTYPE.A:
             return Decision([], 0)  # NODATA: the entries are IPv4
         regions = svc.entries.get(isp, {})
-        for candidate in self._regions(region):
+        order = self._regions(region)
+        for index, candidate in enumerate(order):
             alive = [t for t in regions.get(candidate, []) if t.healthy]
-            if alive:
-                picked = self._weighted(alive, svc.answers)
-                return Decision([self._a(qname, t.address) for t in picked], 0)
+            if not alive:
+                continue
+            picked = self._weighted(alive, svc.answers)
+            # The backup comes last: clients take the answers in order, so it is used only
+            # when the site's own addresses all fail.
+            for later in order[index + 1 :] if svc.backup else ():
+                taken = {t.address for t in picked}
+                others = [t for t in regions.get(later, []) if t.healthy and t.address not in taken]
+                if others:
+                    picked += self._weighted(others, svc.backup)
+                    break
+            return Decision([self._a(qname, t.address) for t in picked], 0)
         return Decision([], 0, servfail=True)
 
     def _edges(self, svc: Edges, region: str) -> list[Target]:

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A Debian bookworm base image made without a registry: debootstrap into a folder, then
 # `docker import` it. Used where `FROM python:3.11-slim` cannot be pulled (no registry);
-# real users never need it. Usage: docker/base-image.sh [IMAGE]   (default d11-base:bookworm)
+# real users never need it. Usage: docker/base-image.sh [IMAGE]   (default d11-base:bookworm-slim)
 set -euo pipefail
-image="${1:-d11-base:bookworm}"
+image="${1:-d11-base:bookworm-slim}"
 if docker image inspect "$image" >/dev/null 2>&1; then
   echo "base image $image is there"; exit 0
 fi
@@ -14,8 +14,20 @@ mirror="${mirror:-http://deb.debian.org/debian}"
 dir="$(mktemp -d /var/tmp/d11-base.XXXXXX)"
 trap 'rm -rf "$dir"' EXIT
 debootstrap --variant=minbase \
-  --include=python3,python3-venv,iproute2,iptables,conntrack,ca-certificates \
+  --include=python3,python3-venv,iproute2,iptables,conntrack,wireguard-go,wireguard-tools,ca-certificates \
   bookworm "$dir" "$mirror" >/dev/null
 rm -rf "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/archives/*.deb
+# As the official -slim images: no documentation, manual pages or translations (a third of
+# a minimal Debian), and dpkg told not to bring them back.
+rm -rf "$dir"/usr/share/doc/* "$dir"/usr/share/man/* "$dir"/usr/share/info/* \
+  "$dir"/usr/share/locale/* "$dir"/usr/share/lintian
+# glibc's iconv modules: nothing here converts charsets through iconv (Python has its own).
+rm -rf "$dir"/usr/lib/*-linux-gnu/gconv
+cat > "$dir"/etc/dpkg/dpkg.cfg.d/d11-slim <<'CFG'
+path-exclude /usr/share/doc/*
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+CFG
 tar -C "$dir" -c . | docker import --change 'CMD ["/bin/bash"]' - "$image" >/dev/null
 echo "base image $image made from $mirror"

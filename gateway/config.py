@@ -127,6 +127,7 @@ VARIABLES = frozenset(
         "connection",
         "server_name",
         "pid",
+        "hostname",
     ]
 )
 _VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from infra.http1 import Request
 
 _VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+# nginx's $hostname is the machine's name; each emulated host here is a machine of its own.
+HOSTNAME = os.environ.get("D11_SERVICE") or socket.gethostname()
 
 
 class Template:
@@ -132,6 +134,8 @@ class Vars:
                 return f"{forwarded}, {self.remote_addr}" if forwarded else self.remote_addr
             case "pid":
                 return str(os.getpid())
+            case "hostname":
+                return HOSTNAME
             case "limit_req_status":
                 return self.limit_req_status
         return ""

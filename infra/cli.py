@@ -1,7 +1,9 @@
 """``./d11``: the Double-11 command line.
 
 up [--detach] [HOST...]   start the topology as local processes and wait for health
+   [--site SITE]          (--site: every host of that data centre)
 down [HOST...]            stop everything ``up`` started (works after a launcher crash)
+     [--site SITE]        (--site: a whole data centre, which stays down until up)
 status [--json]           one row per host: address, pid, health, memory
 logs [HOST] [-f]          service logs (JSON lines), pretty-printed or --raw
 trace [TRACE_ID]          a trace's waterfall in the terminal (no id: recent traces)
@@ -38,10 +40,25 @@ def _launcher(args: argparse.Namespace) -> Launcher:
     return Launcher(topology.load(args.topology))
 
 
+def _named(args: argparse.Namespace, launcher: Launcher) -> list[str]:
+    """The hosts named on the command line, and with ``--site`` every host of that site."""
+    names = list(args.hosts)
+    if args.site:
+        try:
+            site = [h.name for h in launcher.topology.in_site(args.site)]
+        except topology.TopologyError as exc:
+            raise LaunchError(str(exc)) from None
+        if not site:  # never the empty list: `down` would take it for everything
+            raise LaunchError(f"site {args.site!r} has no hosts")
+        names += site
+    return names
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     launcher = _launcher(args)
     started_at = time.monotonic()
     try:
+        args.hosts = _named(args, launcher)
         started = launcher.up(args.hosts, tie_to_launcher=not args.detach, timeout=args.timeout)
     except LaunchError as exc:
         err.print(f"[red]d11 up failed:[/] {exc}")
@@ -125,7 +142,13 @@ def _print_log(name: str, raw: bytes, *, as_json: bool = False) -> None:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    stopped = _launcher(args).down(args.hosts)
+    launcher = _launcher(args)
+    try:
+        names = _named(args, launcher)
+    except LaunchError as exc:
+        err.print(f"[red]d11 down failed:[/] {exc}")
+        return 1
+    stopped = launcher.down(names)
     console.print(f"stopped {len(stopped)}: {', '.join(stopped)}" if stopped else "nothing running")
     return 0
 
@@ -136,7 +159,8 @@ def _print_status(rows: list[dict[str, Any]]) -> None:
                      " among them: its total is the stack's real footprint; RSS counts them"
                      " in each")  # fmt: skip
     numeric = ("pid", "RSS MiB", "PSS MiB")
-    columns = ("name", "role", "address", "protocol", "pid", "health", "restarts", "last exit")
+    columns = ("name", "role", "site", "az", "address", "protocol", "pid", "health", "restarts",
+               "last exit")  # fmt: skip
     for column in (*columns, *numeric[1:]):
         table.add_column(column, justify="right" if column in numeric else "left")
     for r in rows:
@@ -146,6 +170,8 @@ def _print_status(rows: list[dict[str, Any]]) -> None:
         table.add_row(
             r["name"],
             r["role"],
+            r.get("site") or "",
+            r.get("az") or "",
             f"{r['address']}:{r['port']}",
             r["protocol"],
             str(r["pid"] or "-"),
@@ -161,6 +187,8 @@ def _print_status(rows: list[dict[str, Any]]) -> None:
     table.add_section()
     table.add_row(
         "total",
+        "",
+        "",
         "",
         "",
         "",
@@ -320,6 +348,12 @@ def cmd_dig(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from infra import profile
+
+    return profile.main(args, _launcher(args))
+
+
 def cmd_test(args: argparse.Namespace, rest: list[str]) -> int:
     os.chdir(ROOT)
     os.execv(sys.executable, [sys.executable, "-m", "pytest", *rest])
@@ -349,6 +383,12 @@ def cmd_compose(args: argparse.Namespace, rest: list[str]) -> int:
     return compose_main(rest)
 
 
+def cmd_k8s(args: argparse.Namespace, rest: list[str]) -> int:
+    from infra.k8s import main as k8s_main
+
+    return k8s_main(rest)
+
+
 def cmd_docker(args: argparse.Namespace, rest: list[str]) -> int:
     from infra.dockerlab import main as docker_main
 
@@ -359,6 +399,7 @@ PASSTHROUGH = (
     ("load", "drive a flash sale with simulated phones, then audit it (see --help)", cmd_load),
     ("chaos", "kill or hang processes during a load; report failures and recovery", cmd_chaos),
     ("compose", "render compose.yaml and docker/ from the topology (--check)", cmd_compose),
+    ("k8s", "render the Kubernetes manifests (k8s/base) from the topology (--check)", cmd_k8s),
     ("docker", "Docker mode where no registry answers: build, up, down, compose", cmd_docker),
 )
 
@@ -377,10 +418,12 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("hosts", nargs="*", help="only these hosts (default: all)")
     up.add_argument("-d", "--detach", action="store_true", help="return once healthy")
     up.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for health")
+    up.add_argument("--site", help="every host of this site (infra/topology.yaml sites:)")
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop what up started")
     down.add_argument("hosts", nargs="*")
+    down.add_argument("--site", help="every host of this site; it stays down until up")
     down.set_defaults(func=cmd_down)
 
     status = sub.add_parser("status", help="one row per host")
@@ -409,6 +452,11 @@ def parser() -> argparse.ArgumentParser:
     )
     dig.add_argument("--trace", action="store_true", help="walk from the root (the default)")
     dig.set_defaults(func=cmd_dig)
+
+    from infra import profile
+
+    profile.add_parser(sub)
+    sub.choices["profile"].set_defaults(func=cmd_profile)
 
     test = sub.add_parser("test", help="run the test suite (extra args go to pytest)")
     test.set_defaults(func=cmd_test)

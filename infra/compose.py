@@ -1,5 +1,7 @@
 """Docker mode, rendered from the topology: ``compose.yaml`` and the Docker copies of the
-DNS data (``docker/zones``, ``docker/gslb``).
+DNS data (``docker/zones``, ``docker/gslb``), and the image's own lock
+(``docker/requirements.lock``: the pins of requirements.lock the services need at run time,
+without the test and development tools).
 
 ``./d11 compose`` writes them; ``./d11 compose --check`` fails when a committed file
 differs from what the topology gives (CI runs it through the tests). compose.yaml keeps to
@@ -13,16 +15,17 @@ loopback address left over is an error, so nothing of process mode leaks into co
 
 from __future__ import annotations
 
-import argparse
+import importlib.metadata
 import ipaddress
 import re
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from infra import ROOT
+from infra import ROOT, render_command
 from infra import topology as topo
 from infra.topology import Host, Topology
 
@@ -56,7 +59,7 @@ _LOOPBACK = re.compile(r"(?<![\d.])127\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\d.])")
 
 def needs_net_admin(host: Host) -> bool:
     """VPC members (VXLAN), the NAT, and underlay-only hosts that route through the NAT."""
-    if host.vpc is not None or host.role == "nat":
+    if host.vpc is not None or host.role in ("nat", "vpn"):
         return True
     return host.role == "gateway"  # replies to DNATed clients go back through the NAT
 
@@ -86,6 +89,8 @@ def environment(t: Topology, host: Host) -> dict[str, str]:
     }
     if host.metrics_port:
         env["D11_METRICS_PORT"] = str(host.metrics_port)
+    if host.site:
+        env.update(D11_SITE=host.site, D11_AZ=host.az)
     if host.vpc is not None:
         env["D11_VNI"] = str(t.vpcs[host.vpc[0]]["vni"])
     if host.role != "collector":
@@ -122,10 +127,12 @@ def service(t: Topology, host: Host) -> dict[str, Any]:
     if needs_net_admin(host):
         out["cap_add"] = ["NET_ADMIN"]
         out["user"] = "root"  # infra.container sets the network up, then drops to d11
-    if host.role == "nat":
+    if host.role in ("nat", "vpn"):
         out["sysctls"] = {"net.ipv4.ip_forward": 1}
-    if host.role in PUBLISHED:
-        out["ports"] = [PUBLISHED[host.role]]
+    if host.role == "vpn":
+        out["devices"] = ["/dev/net/tun"]  # wireguard-go's TUN, where the kernel has no module
+    if host.role in PUBLISHED and host.site in ("", t.main_site):
+        out["ports"] = [PUBLISHED[host.role]]  # one entry on this machine: the main site's
     if host.volumes:
         out["volumes"] = list(host.volumes)
     return out
@@ -151,6 +158,12 @@ def phone(t: Topology) -> dict[str, Any]:
         "networks": networks_of(t, addresses),
         "dns": [resolver.address],
         "cap_add": ["NET_ADMIN"],  # its phones' addresses, one block per ISP/region
+        # The phones stand for other machines: when the cores are contested they yield to
+        # the shop (a restarting container first of all), as process mode's phones do by
+        # running at nice 10. A nice inside a container cannot do it: the scheduler shares
+        # the CPU between containers' cgroups first. 128 of the default 1024 is about the
+        # weight nice 10 gives a process (110 of 1024).
+        "cpu_shares": 128,
         "user": "root",
         "volumes": [f"pki:{PKI_DIR}:ro"],
         # Everything of the shop (the first VPC): not the other tenant.
@@ -299,30 +312,49 @@ def data_files(process: Topology, docker: Topology) -> dict[Path, str]:
     return out
 
 
+def runtime_lock() -> str:
+    """requirements.lock cut down to the closure of pyproject's run-time dependencies (with
+    their extras, markers evaluated for this interpreter), read from the installed metadata
+    of the venv that requirements.lock made."""
+    from packaging.requirements import Requirement  # in the venv with pip and pytest
+
+    def key(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            pins[key(line.split("==")[0])] = line.strip()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted: dict[str, set[str]] = {}
+    todo = [Requirement(d) for d in project["dependencies"]]
+    while todo:
+        req = todo.pop()
+        name, extras = key(req.name), set(req.extras)
+        if name in wanted and extras <= wanted[name]:
+            continue
+        wanted.setdefault(name, set()).update(extras)
+        for text in importlib.metadata.requires(req.name) or []:
+            sub = Requirement(text)
+            active = wanted[name] or {""}
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in active):
+                todo.append(sub)
+    missing = sorted(set(wanted) - set(pins))
+    if missing:
+        raise SystemExit(f"compose: requirements.lock does not pin {', '.join(missing)}")
+    head = ("# The image's run-time pins, rendered by `./d11 compose` from requirements.lock\n"
+            "# and pyproject's dependencies: do not edit.\n")  # fmt: skip
+    return head + "".join(f"{pins[n]}\n" for n in sorted(wanted))
+
+
 def rendered() -> dict[Path, str]:
     process, docker = topo.load(mode="process"), topo.load(mode="docker")
-    return {COMPOSE_FILE: render(docker), **data_files(process, docker)}
+    return {COMPOSE_FILE: render(docker), **data_files(process, docker),
+            DOCKER_DIR / "requirements.lock": runtime_lock()}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="d11 compose", description=__doc__.split("\n")[0])
-    p.add_argument("--check", action="store_true", help="fail if a rendered file is stale")
-    args = p.parse_args(argv)
-    stale = []
-    for path, text in rendered().items():
-        current = path.read_text() if path.exists() else None
-        if current == text:
-            continue
-        stale.append(path.relative_to(ROOT))
-        if not args.check:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    if args.check and stale:
-        print("stale (run ./d11 compose): " + ", ".join(map(str, stale)), file=sys.stderr)
-        return 1
-    for path in stale:
-        print(f"wrote {path}")
-    return 0
+    return render_command("compose", __doc__ or "", rendered, argv)
 
 
 if __name__ == "__main__":

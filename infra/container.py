@@ -24,12 +24,14 @@ import ipaddress
 import json
 import os
 import pwd
+import runpy
 import subprocess
 import sys
 from collections.abc import Iterable
 
 from infra import topology as topo
 from infra.topology import Host, Topology
+from infra.zygote import name_process
 
 VXLAN_PORT = 4789
 RUN_AS = "d11"
@@ -94,15 +96,32 @@ def vxlan_commands(t: Topology, host: Host) -> tuple[list[str], list[str]]:
     return ip, bridge
 
 
-def nat_route(t: Topology, addresses: dict[str, str]) -> list[str]:
-    """A route to the internet network through the NAT, for hosts on the underlay alone."""
+def nat_route(t: Topology, host: Host) -> list[str]:
+    """A route to the internet network through the NAT of the host's site (the first NAT
+    for a host without one), for hosts on the underlay alone."""
+    addresses = host.addresses
     if "internet" in addresses or "underlay" not in addresses:
         return []
     nats = t.by_role("nat")
     if not nats:
         return []
+    nat = next((n for n in nats if n.site and n.site == host.site), nats[0])
     internet = t.networks["internet"]["subnet"]
-    return [f"route add {internet} via {nats[0].addresses['underlay']}"]
+    return [f"route add {internet} via {nat.addresses['underlay']}"]
+
+
+def vpn_routes(t: Topology, host: Host) -> list[str]:
+    """A VPC member sends the other sites' VPC subnets to its VPC's VPN gateway."""
+    if host.vpc is None or host.role == "vpn":
+        return []
+    dev = f"vxlan{int(t.vpcs[host.vpc[0]]['vni'])}"
+    out = []
+    for vpn in t.by_role("vpn"):
+        if vpn.vpc is not None and vpn.vpc[0] == host.vpc[0]:
+            for subnet in t.environment(vpn).get("D11_VPN_REMOTE", "").split(","):
+                if subnet.strip():
+                    out.append(f"route add {subnet.strip()} via {vpn.vpc[1]} dev {dev}")
+    return out
 
 
 def phone_commands(t: Topology) -> list[str]:
@@ -120,11 +139,11 @@ def set_up(t: Topology, name: str) -> None:
         batch("ip", phone_commands(t))
         return
     host = t.host(name)
-    commands = nat_route(t, host.addresses)
+    commands = nat_route(t, host)
     bridge: list[str] = []
     if host.vpc is not None:
         vx_ip, bridge = vxlan_commands(t, host)
-        commands = vx_ip + commands
+        commands = vx_ip + commands + vpn_routes(t, host)
     batch("ip", commands)
     batch("bridge", bridge)
 
@@ -150,12 +169,18 @@ def main(argv: list[str] | None = None) -> None:
     else:
         host = t.host(name)
         command, role = argv or [sys.executable, "-m", host.module], host.role
-    if role != "nat":
+    if role not in ("nat", "vpn"):  # the kernel's NAT table, the WireGuard device: root's
         drop_privileges()
     if name == "phone" and not argv:
         phone_demo(os.environ.get("D11_PHONE_DEMO", "off"))
     sys.stdout.flush()
-    os.execvp(command[0], command)
+    if argv or name == "phone":
+        os.execvp(command[0], command)
+    # The service runs in this interpreter, as `python -m` would run it: a restart pays
+    # for one interpreter's start-up and one import of the libraries, not two.
+    sys.argv = [host.module]
+    name_process(f"d11 {name}", host.module)
+    runpy.run_module(host.module, run_name="__main__", alter_sys=True)
 
 
 def phone_demo(scenario: str) -> None:

@@ -16,6 +16,7 @@ have names tests and tshark can find: ``double11_underlay``, ``double11_gateway_
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -29,8 +30,9 @@ from infra.compose import BASE as OFFICIAL_BASE
 
 PROJECT = "double11"
 
-LOCAL_BASE = "d11-base:bookworm"
+LOCAL_BASE = "d11-base:bookworm-slim"  # -slim: without docs, man pages and locales
 WHEELS = ROOT / "docker" / "wheels"
+RUNTIME_LOCK = ROOT / "docker" / "requirements.lock"  # rendered by ./d11 compose
 DOCKERD_LOG = Path("/var/log/d11-dockerd.log")
 
 
@@ -91,15 +93,20 @@ def base_image() -> str:
 
 
 def ensure_wheels(base: str) -> None:
-    """Wheels for an offline image build, on a base that is not the official one."""
-    if base == OFFICIAL_BASE or any(WHEELS.glob("*.whl")):
+    """Wheels for an offline image build, on a base that is not the official one; fetched
+    again when the image's lock changes (a stamp holds the lock's hash)."""
+    lock = RUNTIME_LOCK.read_bytes()
+    stamp = WHEELS / ".lock.sha256"
+    digest = hashlib.sha256(lock).hexdigest()
+    if base == OFFICIAL_BASE or (stamp.exists() and stamp.read_text() == digest):
         return
-    say("downloading the pinned wheels for an offline build (docker/wheels)")
+    say("fetching the pinned wheels for an offline build (docker/wheels)")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-         "-r", str(ROOT / "requirements.lock"), "-w", str(WHEELS)],
+         "--find-links", str(WHEELS), "-r", str(RUNTIME_LOCK), "-w", str(WHEELS)],
         check=True,
     )  # fmt: skip
+    stamp.write_text(digest)
 
 
 def environment(base: str) -> dict[str, str]:

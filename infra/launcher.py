@@ -15,12 +15,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from infra import ROOT, write_atomic
+from infra import ROOT, write_atomic, zygote
 from infra.health import probe_all
 from infra.procs import (
     PidDir,
     PidRecord,
-    die_with_parent,
     group_memory,
     proc_start_time,
     terminate_group,
@@ -83,6 +82,11 @@ class Launcher:
             env["D11_METRICS_PORT"] = str(host.metrics_port)
         else:
             env.pop("D11_METRICS_PORT", None)
+        for variable, value in (("D11_SITE", host.site), ("D11_AZ", host.az)):
+            if value:
+                env[variable] = value
+            else:
+                env.pop(variable, None)
         collectors = self.topology.by_role("collector")
         if collectors:
             # A user's own OTEL_EXPORTER_OTLP_ENDPOINT (Jaeger, ...) wins over ours.
@@ -101,16 +105,15 @@ class Launcher:
         death from them)."""
         return {name: r for name, r in self.pids.read_all().items() if r.alive()}
 
-    def spawn(self, hosts: list[Host], *, tie_to_launcher: bool) -> subprocess.Popen[bytes]:
-        """One process for these hosts: the host's module, or infra.group for several."""
+    def spawn(self, hosts: list[Host], *, tie_to_launcher: bool) -> int:
+        """One process for these hosts: the host's module, or infra.group for several.
+
+        The process is a fork of the caller (the supervisor, warmed by ``zygote.warm``):
+        in the child this raises ``zygote.Child``, which the caller's entry point runs."""
         self.logs.mkdir(parents=True, exist_ok=True)
         first = hosts[0]
         if len(hosts) == 1 and not first.process:
-            command, env, log_name = (
-                [sys.executable, "-m", first.module],
-                self.environment(first),
-                first.name,
-            )
+            module, env, log_name = first.module, self.environment(first), first.name
         else:
             # What every member shares is the process's environment; the rest is each one's.
             envs = [self.environment(h) for h in hosts]
@@ -120,28 +123,19 @@ class Launcher:
                 for h, e in zip(hosts, envs, strict=True)
             ]
             env["D11_GROUP"] = json.dumps({"name": first.group, "hosts": members})
-            command, log_name = [sys.executable, "-m", "infra.group"], first.group
+            module, log_name = "infra.group", first.group
         log_file = self.logs / f"{log_name}.log"
-        with open(log_file, "ab") as log:
-            process = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # own process group: down signals the whole service
-                preexec_fn=die_with_parent if tie_to_launcher else None,
-            )
+        pid = zygote.fork(module, env, log_file, title=f"d11 {log_name}",
+                          die_with_parent=tie_to_launcher)  # fmt: skip
         for host in hosts:
             if self.log_path(host.name) != log_file:
                 self.log_path(host.name).unlink(missing_ok=True)
                 self.log_path(host.name).symlink_to(log_file.name)
-        start_time = proc_start_time(process.pid)
+        start_time = proc_start_time(pid)
         if start_time is not None:
             for host in hosts:
-                self.pids.write(PidRecord(host.name, process.pid, start_time))
-        return process
+                self.pids.write(PidRecord(host.name, pid, start_time))
+        return pid
 
     # -- the supervisor ------------------------------------------------------------------
     @property
@@ -312,6 +306,8 @@ class Launcher:
                 {
                     "name": host.name,
                     "role": host.role,
+                    "site": host.site,
+                    "az": host.az,
                     "address": host.address,
                     "port": host.port,
                     "protocol": host.protocol,

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from infra import write_atomic
+from infra import write_atomic, zygote
 from infra.logs import setup_logging
 from infra.service import EXIT_CONFIG
 
@@ -205,7 +205,11 @@ class Supervisor:
             # It died after this tick's reaping: a child of ours is a zombie until now.
             with contextlib.suppress(ChildProcessError):
                 pid, raw = os.waitpid(record.pid, os.WNOHANG)
-                status = raw if pid else None
+                if pid == 0:
+                    # Our child's main thread is gone but its other threads are still
+                    # exiting (a killed multi-threaded process): its status comes next tick.
+                    return
+                status = raw
         if record is not None:
             # A dead leader's workers (the gateway's forks) may still hold its sockets.
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -281,7 +285,12 @@ def main() -> None:
             return
     setup_logging("supervisor", os.environ.get("D11_LOG_LEVEL", "INFO").upper())
     launcher = Launcher(topology.load(os.environ.get("D11_TOPOLOGY") or None))
-    Supervisor(launcher, tied=args.tie).run()
+    # Every start is a fork of this warm process: a restart under load skips the imports.
+    zygote.warm(["infra.group", *sorted({h.module for h in launcher.topology.hosts})])
+    try:
+        Supervisor(launcher, tied=args.tie).run()
+    except zygote.Child as child:  # in a service just forked: run it here, at the top
+        child.run()
 
 
 if __name__ == "__main__":

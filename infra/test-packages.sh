@@ -10,6 +10,7 @@ set -euo pipefail
 packages=(chromium dnsutils bind9-utils bind9 dnsperf libhessian-java postgresql nginx wrk
           docker.io docker-compose debootstrap tshark conntrack iptables rpcbind)
 command -v javac >/dev/null 2>&1 || packages+=(default-jdk-headless)
+command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)  # `kubectl kustomize`
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

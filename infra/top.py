@@ -112,8 +112,8 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
 
 
 class Top:
-    def __init__(self, topology: topo.Topology) -> None:
-        self.hosts = topology.hosts
+    def __init__(self, topology: topo.Topology, hosts: list[topo.Host] | None = None) -> None:
+        self.hosts = topology.hosts if hosts is None else tuple(hosts)
         self.previous: dict[str, Sample] = {}
 
     async def scrape(self, session: aiohttp.ClientSession) -> dict[str, dict]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from infra import ROOT
+from infra import ROOT, load_yaml
 from infra.config import ConfigError as BaseConfigError
 
 DEFAULT_PATH = ROOT / "infra" / "topology.yaml"
@@ -34,6 +34,7 @@ ROLES = frozenset(
         "coupon",
         "registry",
         "collector",
+        "vpn",
     }
 )
 # The order service's roles are its wires' (order-grpc, order-soap, ...): services/wires
@@ -67,6 +68,10 @@ class Host:
     vpc: tuple[str, str] | None = None
     bind_any: bool = False  # listens on every address it has (0.0.0.0), not only ``address``
     volumes: tuple[str, ...] = ()  # named volumes it mounts ("name:/path")
+    # The data centre a host stands in (``sites:`` of the file) and its availability zone
+    # there; empty for the public side (DNS, resolvers, the CDN), which belongs to no site.
+    site: str = ""
+    az: str = ""
 
     def address_on(self, network: str) -> str:
         """Where a peer on ``network`` reaches this host (its only address in process mode)."""
@@ -91,6 +96,21 @@ class Topology:
     # Docker mode: VPC name → {vni, subnet}; extra settings of the compose renderer.
     vpcs: dict[str, dict[str, Any]] = field(default_factory=dict)
     docker: dict[str, Any] = field(default_factory=dict)
+    # Site name → {main, description, azs}: the data centres, the main one first.
+    sites: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def tenant_of(self, vpc: str) -> str:
+        """Whose a VPC is: its ``tenant`` (the north's VPC is the shop's), else its name."""
+        return str(self.vpcs.get(vpc, {}).get("tenant") or vpc)
+
+    @property
+    def main_site(self) -> str:
+        return next((n for n, s in self.sites.items() if s.get("main")), "")
+
+    def in_site(self, site: str) -> list[Host]:
+        if site not in self.sites:
+            raise TopologyError(f"{self.path}: no site {site!r} (sites: {', '.join(self.sites)})")
+        return [h for h in self.hosts if h.site == site]
 
     def host(self, name: str) -> Host:
         for host in self.hosts:
@@ -133,12 +153,13 @@ def load(path: Path | str | None = None, mode: str | None = None) -> Topology:
     if mode not in MODES:
         raise TopologyError(f"D11_MODE={mode!r}: expected one of {', '.join(MODES)}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise TopologyError(f"{path}: {exc}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("hosts"), list):
         raise TopologyError(f"{path}: expected a mapping with a 'hosts' list")
     docker = dict(raw.get("docker") or {})
+    sites = _sites(path, raw.get("sites"))
     entries = list(raw["hosts"])
     networks = dict(raw.get("networks") or {})
     vpcs: dict[str, dict[str, Any]] = {}
@@ -147,9 +168,9 @@ def load(path: Path | str | None = None, mode: str | None = None) -> Topology:
         networks = dict(docker.get("networks") or {})
         vpcs = dict(docker.get("vpcs") or {})
     hosts = tuple(_host(path, i, entry) for i, entry in enumerate(entries))
-    _check(path, hosts)
+    _check(path, hosts, sites)
     topology = Topology(hosts=hosts, networks=networks, path=path, mode=mode, vpcs=vpcs,
-                        docker=docker)  # fmt: skip
+                        docker=docker, sites=sites)  # fmt: skip
     for host in hosts:
         topology.environment(host)  # fail now on dangling ${host} references
     return topology
@@ -204,6 +225,8 @@ def _host(path: Path, index: int, entry: Any) -> Host:
             vpc=entry.get("vpc"),
             bind_any=bool(entry.get("bind_any")),
             volumes=tuple(entry.get("volumes") or ()),
+            site=str(entry.get("site") or ""),
+            az=str(entry.get("az") or ""),
         )
     except KeyError as exc:
         raise TopologyError(f"{where}: missing field {exc.args[0]!r}") from None
@@ -220,11 +243,36 @@ def _host(path: Path, index: int, entry: Any) -> Host:
     return host
 
 
-def _check(path: Path, hosts: tuple[Host, ...]) -> None:
+def _sites(path: Path, raw: Any) -> dict[str, dict[str, Any]]:
+    """``sites:``: name → {main, description, azs}; exactly one main site when any."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise TopologyError(f"{path}: sites: expected a mapping of site → settings")
+    sites = {str(name): {"main": bool(spec.get("main")),
+                         "description": str(spec.get("description") or ""),
+                         "azs": [str(az) for az in spec.get("azs") or ()]}
+             for name, spec in raw.items()}  # fmt: skip
+    mains = [name for name, spec in sites.items() if spec["main"]]
+    if len(mains) != 1:
+        raise TopologyError(f"{path}: sites: exactly one main site, not {mains or 'none'}")
+    return sites
+
+
+def _check(path: Path, hosts: tuple[Host, ...], sites: dict[str, dict[str, Any]]) -> None:
     names: set[str] = {h.name for h in hosts}
     seen: set[str] = set()
     listeners: dict[tuple[str, str, int], str] = {}
+    group_sites: dict[str, str] = {}
     for host in hosts:
+        # `down --site` stops processes: one process may not stand in two sites.
+        if group_sites.setdefault(host.group, host.site) != host.site:
+            raise TopologyError(f"{path}: {host.name}: process {host.group!r} spans two sites")
+        if host.site and host.site not in sites:
+            raise TopologyError(f"{path}: {host.name}: unknown site {host.site!r}")
+        if host.az and host.az not in (sites.get(host.site) or {}).get("azs", ()):
+            raise TopologyError(f"{path}: {host.name}: az {host.az!r} is not one of site"
+                                f" {host.site or '(none)'!r}'s")  # fmt: skip
         if host.name in seen:
             raise TopologyError(f"{path}: host {host.name!r} is listed twice")
         seen.add(host.name)

@@ -34,6 +34,17 @@ def ordered(spans: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
     return out
 
 
+def site_of(span: dict[str, Any] | None) -> str:
+    """The data centre a span ran in: its resource's ``cloud.region`` (the topology's site)."""
+    return str(((span or {}).get("resource") or {}).get("cloud.region") or "")
+
+
+def site_crossing(span: dict[str, Any], parent: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(from, to) where a span ran in another site than its parent: the inter-site hop."""
+    here, there = site_of(span), site_of(parent)
+    return (there, here) if here and there and here != there else None
+
+
 def _ms(ns: int) -> str:
     return f"{ns / 1e6:.2f}"
 
@@ -53,10 +64,14 @@ def render(trace_id: str, spans: list[dict[str, Any]], console: Console, *, attr
     table.add_column("start ms", justify="right")
     table.add_column("dur ms", justify="right")
     table.add_column("timeline", no_wrap=True)
+    by_id = {s["span_id"]: s for s in spans}
     for span, depth in ordered(spans):
         error = span["status"]["code"] == "ERROR"
         label = Text("  " * depth)
         label.append(span["service"], style=f"bold {color[span['service']]}")
+        crossing = site_crossing(span, by_id.get(span.get("parent_span_id") or ""))
+        if crossing:
+            label.append(f" [{crossing[0]} → {crossing[1]}]", style="bold dark_orange")
         label.append(": ")
         label.append(span["name"], style="bold red" if error else "")
         if error and span["status"].get("message"):

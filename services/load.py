@@ -80,15 +80,20 @@ WINDOW_S = 5.0
 _provider: Any = None  # the phones' tracer provider, set up by the first run
 
 
-def windows(journeys: list[Journey], seconds: float) -> list[dict[str, Any]]:
-    """Visits and failures per WINDOW_S of the run, by when each visit was due."""
+def windows(journeys: list[Journey], seconds: float, site_of: dict[str, str] | None = None
+            ) -> list[dict[str, Any]]:  # fmt: skip
+    """Visits and failures per WINDOW_S of the run, by when each visit was due, and which
+    site served each region's visits (``region>site``: a failover shows as north>east)."""
     rows = []
     for n in range(int(seconds // WINDOW_S) + 1):
         inside = [j for j in journeys if n * WINDOW_S <= j.due < (n + 1) * WINDOW_S]
         if inside:
             failed = [j for j in inside if j.outcome not in SUCCESSES]
+            served = Counter(f"{j.region}>{(site_of or {}).get(j.served_by, '?')}"
+                             for j in inside if j.served_by)  # fmt: skip
             rows.append({"from_s": n * WINDOW_S, "visits": len(inside), "failed": len(failed),
-                         "errors": dict(Counter(j.outcome for j in failed))})  # fmt: skip
+                         "errors": dict(Counter(j.outcome for j in failed)),
+                         "served": dict(sorted(served.items()))})  # fmt: skip
     return rows
 
 
@@ -337,6 +342,12 @@ class Run:
     # -- the report -------------------------------------------------------------------------
     def report(self, elapsed: float, cdn_before: dict, cdn_after: dict, audit: dict) -> dict:
         js = self.journeys
+        # The site that served each visit: the gateway named in X-Served-By, by the topology.
+        site_of = {h.name: h.site for h in self.topology.by_role("gateway")}
+        by_region: dict[str, Counter] = defaultdict(Counter)
+        for j in js:
+            if j.served_by:
+                by_region[j.region][site_of.get(j.served_by, "?")] += 1
         ok = [j for j in js if j.outcome == "ok"]
         failed = [j for j in js if j.outcome not in SUCCESSES]
         steps = {s: summary([j.steps[s] for j in js if s in j.steps]) for s in STEPS}
@@ -384,10 +395,13 @@ class Run:
             "outcomes": dict(Counter(j.outcome for j in js)),
             "failed": len(failed),
             "failed_share": round(len(failed) / len(js), 5) if js else 0.0,
+            "errors": first_errors(failed),
             "retries": sum(j.retries for j in js),
             "visits_retried": sum(1 for j in js if j.retries),
             "dns_fallbacks": sum(j.fallbacks for j in js),
-            "windows": windows(js, elapsed),
+            "windows": windows(js, elapsed, site_of),
+            "sites": dict(sum(by_region.values(), Counter())),
+            "sites_by_region": {r: dict(c) for r, c in sorted(by_region.items())},
             "statuses": dict(Counter(str(j.status) for j in js if j.status)),
             "cdn": cdn,
             "cdn_at_phone": dict(Counter(j.cdn_cache for j in js if j.cdn_cache)),
@@ -396,6 +410,16 @@ class Run:
             "slowest_order": slow,
             "sample_order": sample_ref,
         }  # fmt: skip
+
+
+def first_errors(failed: list[Journey], per_outcome: int = 3) -> dict[str, list[str]]:
+    """A few distinct messages per failure outcome: what to look at first."""
+    seen: dict[str, list[str]] = {}
+    for j in failed:
+        messages = seen.setdefault(j.outcome, [])
+        if j.error and j.error not in messages and len(messages) < per_outcome:
+            messages.append(j.error)
+    return seen
 
 
 def print_report(r: dict, console: Console) -> None:
@@ -421,9 +445,15 @@ def print_report(r: dict, console: Console) -> None:
                   f"{s['order']['p50_ms']:.1f}", f"{s['order']['p99_ms']:.1f}")  # fmt: skip
     console.print(t)
     console.print("outcomes: " + ", ".join(f"{k} {v}" for k, v in r["outcomes"].items()))
+    served = "; ".join(f"{region} → " + ", ".join(f"{site} {n}" for site, n in sites.items())
+                       for region, sites in r["sites_by_region"].items())  # fmt: skip
+    console.print(f"served by site (the phone's region → the site): {served or '-'}")
     console.print(f"failed visits: {r['failed']} ({r['failed_share']:.2%}); retries: "
                   f"{r['retries']} (in {r['visits_retried']} visits); HTTPDNS → LocalDNS "
                   f"fallbacks: {r['dns_fallbacks']}")  # fmt: skip
+    for outcome, messages in r["errors"].items():
+        for message in messages:
+            console.print(f"  {outcome}: {message}", markup=False, highlight=False)
     console.print("order statuses: " + ", ".join(f"{k} {v}" for k, v in r["statuses"].items()))
     t = Table(title="CDN by tier (this run)")
     for col in ("tier", "hit", "miss", "stale", "revalidated", "expired", "hit ratio"):

@@ -364,7 +364,7 @@ def document() -> dict[str, Any]:
                     "200": _json(_ref("Stock"), "The new stock levels"),
                     **_errors(400, 403, 404, 413, 503, 504),
                 },
-            }
+            },
         },
         "/api/admin/coupons": {
             "post": {

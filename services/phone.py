@@ -42,6 +42,9 @@ REFERER = "https://www.shop.example/"
 RETRY_ATTEMPTS = 5
 RETRY_BACKOFF_S = (0.15, 0.3, 0.6, 1.2)
 RETRY_STATUSES = frozenset({502, 503, 504})
+# An address that refused a connection is tried last for this long, as the vendors' HTTPDNS
+# SDKs do: a phone whose site is gone goes straight to the address that answered.
+UNREACHABLE_S = 10.0
 ATTEMPT_TIMEOUT_S = {"GET": 4.0, "POST": 12.0}
 
 # Phone subnets of dns/gslb/ipdb.csv: (ISP, region) → the block its phones live in. Docker
@@ -97,6 +100,8 @@ class Journey:
     total: float = 0.0
     retries: int = 0  # requests sent again (same Idempotency-Key) after a fault
     fallbacks: int = 0  # HTTPDNS failed and LocalDNS answered instead
+    error: str = ""  # why a failed visit failed, as the phone saw it
+    served_by: str = ""  # the gateway that answered the last API request (X-Served-By)
     due: float = 0.0  # seconds into the run when the visit was due
 
 
@@ -139,6 +144,7 @@ class Phone:
         self.user = f"phone-{address}"
         self.dns_cache: dict[str, tuple[list[str], float]] = {}
         self.api_addresses: list[str] = []
+        self.unreachable: dict[str, float] = {}  # address → until when it is tried last
         context = ssl.create_default_context(cafile=str(ca_file))
         self.connects, self.last_connect = 0, 0.0  # connections opened, the latest's time
         trace_config = aiohttp.TraceConfig()
@@ -277,21 +283,23 @@ class Phone:
             try:
                 await self._journey(journey, order, image_index)
             except StepError as exc:
-                journey.outcome = exc.kind
-                root.set_attribute("d11.phone.error", str(exc))
+                journey.outcome, journey.error = exc.kind, str(exc)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                journey.outcome = "network"
-                root.set_attribute("d11.phone.error", repr(exc))
+                journey.outcome, journey.error = "network", repr(exc)
             except Exception as exc:  # a phone's own bug is one failed visit, not the run's end
-                journey.outcome = f"phone-{type(exc).__name__}"
-                root.set_attribute("d11.phone.error", repr(exc))
+                journey.outcome, journey.error = f"phone-{type(exc).__name__}", repr(exc)
+            if journey.error:
+                root.set_attribute("d11.phone.error", journey.error)
             root.set_attribute("d11.phone.outcome", journey.outcome)
         return journey
 
     async def _journey(self, journey: Journey, order: bool, image_index: int) -> None:
         found = await self.resolve(journey, (API_NAME, IMG_NAME))
         self.api_addresses = found[API_NAME]
-        journey.api_address = found[API_NAME][0]
+        now = time.monotonic()
+        journey.api_address = next((a for a in self.api_addresses
+                                    if self.unreachable.get(a, 0.0) <= now),
+                                   self.api_addresses[0])  # fmt: skip
         journey.edge = found[IMG_NAME][0]
         connects = self.connects
         item = await self._json("GET", f"/api/items/{journey.item_id}", journey, "item")
@@ -314,6 +322,9 @@ class Phone:
             return
         if journey.status not in (200, 201):
             journey.outcome = f"http-{journey.status}"
+            # The problem+json's own words, so the report says what failed (who and why).
+            words = placed.get("detail") or placed.get("title") or ""
+            journey.error = f"order: HTTP {journey.status} {str(words)[:200]}".rstrip()
             return
         journey.order_id = str(placed.get("order_id", ""))
         back = await self._json("GET", f"/api/orders/{journey.order_id}", journey, "read")
@@ -361,15 +372,21 @@ class Phone:
             timeout = aiohttp.ClientTimeout(total=ATTEMPT_TIMEOUT_S.get(method, 4.0), connect=1.0)
             with client_span(f"{method} {step}", attrs) as (span, carrier):
                 send = {"Host": API_NAME, "X-User-Id": self.user, **(headers or {}), **carrier}
-                async with self.session.request(
-                    method, url, json=body, headers=send, server_hostname=API_NAME,
-                    timeout=timeout,
-                ) as r:  # fmt: skip
-                    data = await r.read()
-                    span.set_attribute("http.response.status_code", r.status)
-                    if r.status in RETRY_STATUSES and n < RETRY_ATTEMPTS - 1:
-                        raise _Retryable(r.status)
-                    return r.status, data
+                try:
+                    async with self.session.request(
+                        method, url, json=body, headers=send, server_hostname=API_NAME,
+                        timeout=timeout,
+                    ) as r:  # fmt: skip
+                        data = await r.read()
+                        journey.served_by = r.headers.get("X-Served-By", journey.served_by)
+                        span.set_attribute("http.response.status_code", r.status)
+                        if r.status in RETRY_STATUSES and n < RETRY_ATTEMPTS - 1:
+                            raise _Retryable(r.status)
+                except aiohttp.ClientConnectorError:
+                    self.unreachable[api] = time.monotonic() + UNREACHABLE_S
+                    raise
+                journey.api_address = api  # the visit's next requests go where this one went
+                return r.status, data
 
         status, data = await self._retrying(journey, attempt)
         if step == "order":

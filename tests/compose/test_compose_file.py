@@ -54,6 +54,7 @@ def test_every_host_has_its_container(compose: dict, docker_topology: topo.Topol
         env = s["environment"]
         assert env["D11_SERVICE"] == host.name and env["D11_ROLE"] == host.role
         assert env["D11_PORT"] == str(host.port)
+        assert (env.get("D11_SITE", ""), env.get("D11_AZ", "")) == (host.site, host.az)
         assert env["D11_ADDRESS"] in (host.address, "0.0.0.0")
         addresses = {net: spec["ipv4_address"] for net, spec in s["networks"].items()}
         assert addresses == host.addresses, host.name
@@ -65,6 +66,18 @@ def test_every_host_has_its_container(compose: dict, docker_topology: topo.Topol
             assert dep == {"condition": "service_healthy"}
         # Only the network set-up needs privileges; the services themselves do not.
         assert ("NET_ADMIN" in (s.get("cap_add") or [])) == (s.get("user") == "root")
+
+
+def test_no_address_is_held_twice(compose: dict) -> None:
+    """Containers' addresses and the NATs' public aliases, per network: a NAT alias on a
+    resolver's address once made that resolver unreachable."""
+    held: dict[str, str] = {}
+    for name, s in compose["services"].items():
+        addresses = [spec["ipv4_address"] for spec in s["networks"].values()]
+        aliases = str(s["environment"].get("D11_NAT_PUBLIC", "")).split(",")
+        for address in {*addresses, *filter(None, aliases)}:
+            other = held.setdefault(address, name)
+            assert other == name, f"{address}: {other} and {name}"
 
 
 def test_only_the_entry_and_the_viewer_are_published(compose: dict) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -117,7 +118,7 @@ def spans_of(trace_id: str, wanted: set[str]) -> list[dict]:
                    for s in spans)  # fmt: skip
 
     while True:
-        spans = collector(f"/api/traces/{trace_id}")["spans"]
+        spans = collector(f"/api/traces/{trace_id}").get("spans", [])  # 404 until exported
         services = {s["service"] for s in spans}
         if all(present(w, spans) for w in wanted):
             return spans
@@ -142,15 +143,17 @@ def test_orders_cross_every_hop(lab: None, protocol: str) -> None:
         s for s in spans if s["service"].startswith("gateway") and s["name"].startswith("POST")
     )
     attrs = entry["attributes"]
-    public = T.host("nat-east").env["D11_NAT_PUBLIC"].split(",")
+    public = [a for nat in T.by_role("nat") for a in nat.env["D11_NAT_PUBLIC"].split(",")]
     assert attrs["d11.net.public_address"] in public
     assert attrs["d11.net.private_address"] == T.host(entry["service"]).address  # either one
     phone_blocks = [b for b in T.docker["phone"]["places"].values()]
     assert any(attrs["client.address"].startswith(b.rsplit(".", 1)[0]) for b in phone_blocks)
-    # VXLAN: the controller's call to the order service went over the shop's VNI.
+    # VXLAN: the controller's call to the order service left on its own VPC's VNI (the
+    # shop's; the north's, for a north controller, whose VPN gateway carries it over).
     rpc = [s for (svc, _), s in by_name.items()
            if svc.startswith("controller-") and s["attributes"].get("rpc.system")]  # fmt: skip
-    assert rpc and all(s["attributes"]["d11.net.vni"] == T.vpcs["shop"]["vni"] for s in rpc)
+    assert rpc and all(s["attributes"]["d11.net.vni"] == T.vpcs[T.host(s["service"]).vpc[0]]["vni"]
+                       for s in rpc)  # fmt: skip
     # HTTPDNS did the resolution, walking root → TLD → zones on the phone's behalf.
     assert any(s["service"] == "httpdns" for s in spans)
 
@@ -189,26 +192,41 @@ def test_topology_page_sees_the_stack(lab: None) -> None:
     the VPCs with their VNIs, and tenant B's host isolated from the shop's monitoring."""
     data = collector("/api/topology")
     assert data["mode"] == "docker"
-    assert {v["vni"] for v in data["vpcs"].values()} == {100, 200}
+    assert {v["vni"] for v in data["vpcs"].values()} == {100, 200, 300}  # shop, B, north
     health = {h["name"]: h["healthy"] for h in data["hosts"]}
     assert health.pop("tenant-b-inventory") is None
     assert all(health.values()), [n for n, ok in health.items() if not ok]
     vnis = {h["name"]: h["vni"] for h in data["hosts"]}
     assert vnis["order-grpc"] == 100 and vnis["tenant-b-inventory"] == 200
+    assert vnis["controller-north-1"] == 300 and {h["site"] for h in data["hosts"]} >= {
+        "east", "north"}  # fmt: skip
     assert vnis["gateway"] is None and "nat-east" in health
 
 
 def test_services_run_unprivileged(lab: None) -> None:
     """Containers with NET_ADMIN start as root for the network set-up; the service process
     runs as d11 (uid 1111) in them as in every other."""
-    # The service is `/opt/venv/bin/python -m MODULE`; docker-init (pid 1) and the health
-    # checks (`python -S infra/healthcheck.py`, run as the container's user) are not.
+    # The service runs in the entry point's interpreter, titled `d11 HOST (python -m
+    # MODULE)`; docker-init (pid 1) and the health checks (`python -S
+    # infra/healthcheck.py`, run as the container's user) are not services.
     script = ("for p in /proc/[0-9]*; do "
               "case \"$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)\" in "
-              "/*/bin/python\\ -m\\ *) grep ^Uid: $p/status;; esac; done")  # fmt: skip
+              "d11\\ *\\(python\\ -m\\ *) grep ^Uid: $p/status;; esac; done")  # fmt: skip
     for service in ("gateway", "controller-1", "order-grpc", "dns-root", "cdn-edge-east"):
         uids = in_container(service, "sh", "-c", script).splitlines()
         assert uids and all(line.split()[1] == "1111" for line in uids), (service, uids)
+
+
+def test_image_holds_the_services_not_the_tools(lab: None) -> None:
+    """One image for Compose, Swarm and Kubernetes, small enough for many nodes to pull:
+    the run-time pins (docker/requirements.lock) without pip or the test tools."""
+    size = int(docker("image", "inspect", "-f", "{{.Size}}", "double-11:latest"))
+    assert size <= 250_000_000, f"double-11:latest is {size / 1e6:.0f} MB"
+    probe = "import importlib.util as u; print([m for m in {} if u.find_spec(m)])"
+    assert in_container("gateway", "python", "-c", probe.format(["pytest", "locust", "pip",
+                        "grpc_tools", "hypothesis"])).strip() == "[]"  # fmt: skip
+    assert in_container("gateway", "python", "-c", probe.format(["grpc", "zeep", "uvloop",
+                        "psycopg"])).strip() == "['grpc', 'zeep', 'uvloop', 'psycopg']"  # fmt: skip
 
 
 def probe(service: str, address: str, port: int) -> str:
@@ -276,15 +294,121 @@ def test_overlay_on_the_wire(lab: None, tmp_path) -> None:
         ).stdout.split("\n")  # fmt: skip
         rows = [line.split("\t") for line in fields if line]
         assert rows, f"no VXLAN datagrams carrying {name}'s port were captured"
+        north_vpn = T.host("vpn-north").addresses["underlay"]
         for vni, _, destinations, _ in rows:
-            assert vni == str(T.vpcs["shop"]["vni"])
             outer_dst, inner_dst = destinations.split(",")
             assert inner_dst in vteps
+            if vni == str(T.vpcs["north"]["vni"]):
+                # A north controller's call: on the north's VNI to its VPN gateway, which
+                # carries it to the east through the tunnel.
+                assert outer_dst == north_vpn
+                continue
+            assert vni == str(T.vpcs["shop"]["vni"])
             assert outer_dst == vteps[inner_dst]  # VTEP to VTEP on the underlay
         from_controllers = [r for r in rows if r[1].split(",")[1] in controllers]
         assert from_controllers, f"no controller → {name} packets on the overlay"
         if name == "order-dubbo":
             assert any(r[3].replace(":", "").startswith("dabb") for r in from_controllers)
+
+
+def bridge_of(network: str) -> str:
+    net = json.loads(docker("network", "inspect", f"{PROJECT}_{network}"))[0]
+    return net["Options"].get("com.docker.network.bridge.name") or f"br-{net['Id'][:12]}"
+
+
+def test_the_sites_vpn_carries_north_orders_encrypted(lab: None, tmp_path) -> None:
+    """The north site's VPC (VNI 300) reaches the east's order services through the two
+    VPN gateways: WireGuard up (a fresh handshake), the north's orders served by the north's
+    gateways and controllers and written in the east, their traces crossing between the
+    sites; on the underlay between the gateways only WireGuard's UDP, never a VPC address."""
+    if not shutil.which("tshark"):
+        pytest.fail("tshark is missing: apt-get install tshark")
+    east, north = T.host("vpn-east"), T.host("vpn-north")
+    shown = in_container("vpn-east", "wg", "show", "wg0", user="root")
+    assert "latest handshake" in shown and f"endpoint: {north.address}:51820" in shown, shown
+    health = httpx.get(f"http://{east.address}:{east.port}/healthz", timeout=5,
+                       trust_env=False)  # fmt: skip
+    assert health.status_code == 200 and "wireguard" in health.text, health.text
+    pcap = tmp_path / "wan.pcap"
+    capture = subprocess.Popen(
+        ["tshark", "-q", "-i", bridge_of("underlay"), "-f",
+         # IP only: the gateways' ARP on the shared underlay is link-local, not a site's
+         # traffic (an ARP frame once failed this check).
+         f"ip and host {east.address} and host {north.address}", "-a", "duration:240",
+         "-a", "filesize:20000", "-w", str(pcap)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        time.sleep(2)
+        report = load("grpc", "--orders", "24", "--concurrency", "8", coupon=False)
+        time.sleep(2)
+    finally:
+        capture.terminate()
+        capture.wait(timeout=30)
+    assert report["audit"]["passed"], report["audit"]
+    assert report["sites_by_region"]["north"] == {"north": report["sites"]["north"]}, report
+    rows = [line.split("\t") for line in subprocess.run(
+        ["tshark", "-r", str(pcap), "-T", "fields", "-e", "udp.srcport", "-e", "udp.dstport",
+         "-e", "frame.protocols"],
+        capture_output=True, text=True, timeout=60,
+    ).stdout.splitlines() if line]  # fmt: skip
+    assert len(rows) > 10, rows
+    for src, dst, protocols in rows:
+        assert "51820" in (src, dst) and "vxlan" not in protocols, (src, dst, protocols)
+    vpc_prefixes = [v["subnet"].rsplit(".", 1)[0] + "." for v in T.vpcs.values()]
+    addresses = subprocess.run(["tshark", "-r", str(pcap), "-T", "fields", "-e", "ip.src",
+                                "-e", "ip.dst"], capture_output=True, text=True,
+                               timeout=60).stdout.split()  # fmt: skip
+    assert not [a for a in addresses if a.startswith(tuple(vpc_prefixes))], addresses[:8]
+    # A north order: the north's gateway and controller, the east's order service.
+    trace_id = secrets.token_hex(16)
+    script = (
+        "import json, ssl, urllib.request, uuid\n"
+        "ctx = ssl.create_default_context(cafile='/var/lib/d11/pki/ca.crt')\n"
+        "ctx.check_hostname = False\n"
+        "body = json.dumps({'user_id': 'north-user', 'lines': [{'item_id': 2, 'quantity': 1}]})\n"
+        f"req = urllib.request.Request('https://{T.host('nat-north').address}/api/orders',"
+        " body.encode(), {'Content-Type': 'application/json', 'Host': 'api.shop.example',"
+        " 'Idempotency-Key': uuid.uuid4().hex, 'X-Order-Protocol': 'grpc',"
+        f" 'traceparent': '00-{trace_id}-{secrets.token_hex(8)}-01'}})\n"
+        "r = urllib.request.urlopen(req, context=ctx, timeout=15)\n"
+        "print(r.status, r.headers['X-Served-By'])\n"
+    )  # fmt: skip
+    status, served = in_container("phone", "python", "-c", script).split()
+    assert status in ("200", "201") and served.startswith("gateway-north"), (status, served)
+    spans = spans_of(trace_id, {"gateway-north", "controller-north", "order-grpc", "inventory"})
+    region = {s["span_id"]: s["resource"].get("cloud.region") for s in spans}
+    crossings = [s for s in spans if region.get(s["parent_span_id"]) == "north"
+                 and s["resource"].get("cloud.region") == "east"]  # fmt: skip
+    assert crossings, [(s["service"], s["resource"].get("cloud.region")) for s in spans]
+
+
+def test_the_north_site_down_sends_its_phones_east_and_back(lab: None) -> None:
+    """./d11 chaos --docker --fault site: the north's containers (its NAT, gateways,
+    controllers and VPN gateway) stopped for 20 s under a load and started again: the
+    GSLB's probes leave the north out, the phones go east, none of them fails, and once
+    the cached answers expire the north's phones are the north's again."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("D11_", "OTEL_"))}
+    out = d11(
+        "chaos", "--docker", "--fault", "site", "--targets", "north", "--outage", "20",
+        "--every", "8", "--max-faults", "1", "--duration", "70", "--no-quiet",
+        "--concurrency", "32", "--json", env=env, timeout=400, check=False,
+    )  # fmt: skip
+    assert out.stdout.strip(), out.stderr
+    report = json.loads(out.stdout)
+    (fault,) = report["faults"]
+    back = fault.get("healthy_after_s")
+    assert out.returncode == 0 and back is not None, (fault, report["audit"])
+    assert report["failed_share"] <= 0.01, (report["outcomes"], report["errors"])
+    down_at, up_at = fault["at_s"], fault["at_s"] + fault["outage_s"]
+    windows = report["windows"]
+    during = [w for w in windows if w["from_s"] >= down_at + 10 and w["from_s"] + 5 <= up_at]
+    after = [w for w in windows if w["from_s"] >= up_at + 15 and w["visits"] > 20]
+    assert during and after, windows
+    for w in during:
+        assert w["served"].get("north>north", 0) == 0 and w["served"].get("north>east"), w
+    for w in after:
+        assert w["served"].get("north>north", 0) > w["served"].get("north>east", 0), w
 
 
 def test_chaos_in_containers_fails_almost_no_visit(lab: None) -> None:
@@ -303,6 +427,10 @@ def test_chaos_in_containers_fails_almost_no_visit(lab: None) -> None:
     kills = [f for f in report["faults"] if "skipped" not in f]
     assert len(kills) >= 4, report["faults"]
     assert report["all_back"], report["faults"]
+    # Back to healthy: 1.7-2.5 s on a warm machine with one site, 2.2-3.3 s in a fresh CI
+    # run, up to 4.1 s with the north site's containers and its VPN (userspace WireGuard)
+    # busy too; #19's bound is 3 s. This ceiling catches a restart gone wrong, not that.
+    assert max(f["healthy_after_s"] for f in kills) <= 5.0, report["faults"]
     assert report["audit"]["passed"], report["audit"]
     assert report["visits"] > 100
     assert report["failed_share"] <= 0.005, (report["outcomes"], report["windows"])

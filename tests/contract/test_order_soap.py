@@ -167,3 +167,38 @@ def test_oversized_body_is_413_and_wrong_type_415(url):
 
 def test_still_serving_after_abuse(client):
     assert client.service.Echo(message="still here").message == "still here"
+
+
+def test_the_controllers_zeep_client_over_the_pool_transport(url):
+    """The controller's SOAP wire: zeep with its POSTs on the lab's keep-alive pool. Orders
+    and faults come back as the contract's, and a dead endpoint is UNAVAILABLE."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    from rpc.errors import Code, DomainError
+    from services.order_api import Line, PlaceOrder
+    from services.wires.soap import Client
+
+    async def scenario() -> None:
+        client = Client(urlsplit(url).netloc, timeout=5.0)
+        await client.start()
+        try:
+            key = secrets.token_hex(8)
+            order = await client.place(PlaceOrder(key, "pool-user", (Line(ITEM, 2),)), timeout=5)
+            assert order.lines[0].quantity == 2 and order.user_id == "pool-user"
+            assert (await client.get(order.order_id, timeout=5)).order_id == order.order_id
+            with pytest.raises(DomainError) as info:
+                await client.get("no-such-order", timeout=5)
+            assert info.value.code is Code.NOT_FOUND
+        finally:
+            await client.stop(0)
+        dead = Client("127.0.0.1:9", timeout=1.0)  # discard port: nothing listens
+        await dead.start()
+        try:
+            with pytest.raises(DomainError) as info:
+                await dead.get("x", timeout=1)
+            assert info.value.code is Code.UNAVAILABLE, info.value
+        finally:
+            await dead.stop(0)
+
+    asyncio.run(scenario())

@@ -56,6 +56,48 @@ def test_two_hosts_on_one_listener_are_refused(tmp_path):
         topology.load(_write(tmp_path, [HOST, {**HOST, "name": "b"}]))
 
 
+SITES = {"east": {"main": True, "azs": ["east-a", "east-b"]}, "north": {"azs": ["north-a"]}}
+
+
+@pytest.mark.parametrize(
+    ("sites", "hosts", "message"),
+    [
+        (SITES, [{**HOST, "site": "south"}], "unknown site 'south'"),
+        (SITES, [{**HOST, "site": "east", "az": "north-a"}], "az 'north-a' is not one of"),
+        (SITES, [{**HOST, "az": "east-a"}], "az 'east-a' is not one of"),
+        (SITES, [{**HOST, "site": "east", "process": "p"},
+                 {**HOST, "name": "b", "port": 2, "site": "north", "process": "p"}],
+         "process 'p' spans two sites"),
+        ({"east": {"azs": []}}, [HOST], "exactly one main site"),
+    ],
+)  # fmt: skip
+def test_sites_and_zones_are_checked(tmp_path, sites, hosts, message):
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump({"sites": sites, "hosts": hosts}))
+    with pytest.raises(topology.TopologyError, match=message):
+        topology.load(path)
+
+
+def test_every_data_centre_host_has_a_site_and_an_az_and_north_is_an_access_site():
+    t = topology.load()
+    assert t.main_site == "east" and list(t.sites) == ["east", "north"]
+    for host in t.hosts:
+        in_dc = any(n.startswith("dc") for n in host.networks)
+        assert bool(host.site) == in_dc and bool(host.az) == in_dc, host.name
+    north = t.in_site("north")
+    assert {h.role for h in north} == {"gateway", "controller"}
+    assert len({h.az for h in north if h.role == "gateway"}) == 2, "gateways in both AZs"
+    # Every store is the main site's.
+    for role in ("inventory", "coupon", "registry"):
+        assert all(h.site == "east" for h in t.by_role(role))
+    # Docker mode adds the north's own NAT and each site's VPN gateway, in its own VPC.
+    docker = topology.load(mode="docker")
+    assert {h.role for h in docker.in_site("north")} == {"gateway", "controller", "nat", "vpn"}
+    assert {h.vpc[0] for h in docker.by_role("vpn")} == {"shop", "north"}
+    with pytest.raises(topology.TopologyError, match="no site 'south'"):
+        t.in_site("south")
+
+
 def test_settings_come_from_d11_variables():
     env = {"D11_SERVICE": "x", "D11_PORT": "81", "D11_UPSTREAMS": "a:1, b:2", "D11_T": "0.5"}
     s = Settings.from_env(env, name="d", role="gateway", port=80)

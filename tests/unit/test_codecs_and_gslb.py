@@ -106,7 +106,7 @@ def test_rpc_call_and_reply_round_trip_and_record_marking():
 
 
 # -- the GSLB's choice -----------------------------------------------------------------------
-def _gslb() -> Gslb:
+def _gslb(backup: int = 0) -> Gslb:
     ipdb = IpDatabase([Place(ipaddress.ip_network("10.1.0.0/16"), "telecom", "east"),
                        Place(ipaddress.ip_network("10.2.0.0/16"), "unicom", "north")])  # fmt: skip
     policy = {
@@ -115,6 +115,7 @@ def _gslb() -> Gslb:
         "nearest": {"east": ["east", "north"], "north": ["north", "east"]},
         "services": [{
             "name": "api.x.", "kind": "two-layer", "layer2": "api.{isp}.gslb.x.", "answers": 2,
+            "backup": backup,
             "entries": {"telecom": {"east": [{"address": "1.0.0.1", "weight": 3},
                                              {"address": "1.0.0.2", "weight": 1}],
                                     "north": [{"address": "1.0.0.3"}]},
@@ -152,3 +153,26 @@ def test_layer_two_answers_by_weight_and_leaves_the_dead_out():
     for t in gslb.targets:
         t.healthy = False
     assert gslb.answer(DNSLabel("api.telecom.gslb.x."), QTYPE.A, "10.1.0.1", None).servfail
+
+
+def test_the_backup_is_the_other_sites_and_comes_last():
+    from dnslib import QTYPE, DNSLabel
+
+    gslb = _gslb(backup=1)
+
+    def ask() -> list[str]:
+        found = gslb.answer(DNSLabel("api.telecom.gslb.x."), QTYPE.A, "10.1.0.1", None)
+        return [str(r.rdata) for r in found.records]
+
+    for _ in range(20):
+        got = ask()
+        assert sorted(got[:2]) == ["1.0.0.1", "1.0.0.2"] and got[2:] == ["1.0.0.3"], got
+    north = gslb.answer(DNSLabel("api.telecom.gslb.x."), QTYPE.A, "10.2.0.1", None)
+    assert next(str(r.rdata) for r in north.records) == "1.0.0.3"
+    # The other site dead: no backup, never a dead one.
+    next(t for t in gslb.targets if t.address == "1.0.0.3").healthy = False
+    assert sorted(ask()) == ["1.0.0.1", "1.0.0.2"]
+    # The region's own site dead: the next region answers, and has nothing after it.
+    for t in gslb.targets:
+        t.healthy = t.address == "1.0.0.3"
+    assert ask() == ["1.0.0.3"]

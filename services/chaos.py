@@ -164,7 +164,8 @@ def load_argv(args: argparse.Namespace) -> list[str]:
         "--scenario", args.scenario, "--protocol", args.protocol,
         "--concurrency", str(args.concurrency), "--orders", "1000000",
         "--duration", str(args.duration), "--stock", str(args.stock),
-        "--trace-ratio", str(args.trace_ratio), "--seed", str(args.seed), "--json",
+        "--trace-ratio", str(args.trace_ratio), "--seed", str(args.seed),
+        "--rate", str(args.rate), "--json",
     ]  # fmt: skip
 
 
@@ -195,6 +196,22 @@ def container_pid(container_id: str) -> int | None:
     while it is down."""
     pids = container_pids(container_id)
     return pids[0] if pids else None
+
+
+def listening(pid: int, port: int) -> bool:
+    """Whether a TCP socket listens on ``port`` in the network namespace of ``pid``: a read
+    of /proc, where a health check costs an interpreter's start. A restarting service is
+    looked at this way every 50 ms and checked for real once it listens."""
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            if state == "0A" and int(local.rpartition(":")[2], 16) == port:  # 0A: LISTEN
+                return True
+    return False
 
 
 def runs_a_load(pid: int) -> bool:
@@ -272,6 +289,9 @@ class Docker:
             pid = container_pid(cid)
             if pid is None:
                 return False
+            host = self.topology.host(service)
+            if host.protocol not in ("dns", "nat") and not listening(pid, host.port):
+                return False
             _python, flag, script, *rest = self.tests[service]
             target = script if flag == "-m" else str(ROOT / script)  # a module, or a file
             process = await asyncio.create_subprocess_exec(
@@ -344,7 +364,7 @@ def docker_back(docker: Docker) -> Back:
             if all([await docker.healthy(h.name) for h in group]):
                 fault["healthy_after_s"] = round(time.monotonic() - hit, 2)
                 return
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.05)  # cheap until the service listens (see `listening`)
         fault["healthy_after_s"] = None
 
     return back
@@ -464,6 +484,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", choices=["flash-sale", "mixed"], default="mixed")
     p.add_argument("--protocol", default="mix")
     p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="open-loop visits per second (default: closed loop, each phone as "
+                        "fast as the shop answers, which keeps every core busy)")  # fmt: skip
     p.add_argument("--stock", type=int, default=100_000, help="the hot item's stock")
     p.add_argument("--trace-ratio", type=float, default=0.01)
     p.add_argument("--no-quiet", action="store_true", help="skip the quiet comparison run")

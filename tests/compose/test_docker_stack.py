@@ -414,11 +414,14 @@ def test_the_north_site_down_sends_its_phones_east_and_back(lab: None) -> None:
 def test_chaos_in_containers_fails_almost_no_visit(lab: None) -> None:
     """./d11 chaos in Docker mode: containers of the order path crash (SIGKILL to their
     init) every 4 s under a load from the phone container; the engine's restart policy
-    brings each back, the second instances and the retries carry the visits meanwhile."""
+    brings each back, the second instances and the retries carry the visits meanwhile.
+    The load is open loop at about half of what the stack serves here (~70 visits/s from
+    24 phones): a closed loop keeps both cores busy, and a restarting container then gets
+    a tenth of them (its restart took 2-4.6 s here and 5.2 s in one CI run)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("D11_", "OTEL_"))}
     out = d11(
         "chaos", "--docker", "--duration", "24", "--every", "4", "--fault", "kill",
-        "--no-quiet", "--concurrency", "24", "--seed", "3", "--json",
+        "--no-quiet", "--concurrency", "24", "--rate", "30", "--seed", "3", "--json",
         "--targets", "gateway,controller,order-grpc,order-dubbo,order-soap,inventory,coupon",
         env=env, timeout=400,
     )  # fmt: skip
@@ -427,12 +430,12 @@ def test_chaos_in_containers_fails_almost_no_visit(lab: None) -> None:
     kills = [f for f in report["faults"] if "skipped" not in f]
     assert len(kills) >= 4, report["faults"]
     assert report["all_back"], report["faults"]
-    # Back to healthy: 1.7-2.5 s on a warm machine with one site, 2.2-3.3 s in a fresh CI
-    # run, up to 4.1 s with the north site's containers and its VPN (userspace WireGuard)
-    # busy too; #19's bound is 3 s. This ceiling catches a restart gone wrong, not that.
+    # Back to healthy at half load: 1.2-2.5 s here (the engine's restart 0.6-1.2 s of it,
+    # the service's start 0.4-1 s); #19's bound is 3 s. This ceiling catches a restart
+    # gone wrong on a slower machine, not the bound.
     assert max(f["healthy_after_s"] for f in kills) <= 5.0, report["faults"]
     assert report["audit"]["passed"], report["audit"]
-    assert report["visits"] > 100
+    assert report["visits"] > 500, report["visits"]  # the offered 30/s for 24 s, near enough
     assert report["failed_share"] <= 0.005, (report["outcomes"], report["windows"])
     # The engine brought every killed container back: all running again.
     for fault in kills:

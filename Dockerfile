@@ -11,10 +11,11 @@ ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS base
 # iproute2 (VXLAN devices, routes), iptables and conntrack (the NAT gateway), wireguard-go
-# and wireguard-tools (the VPN between the sites, userspace: no kernel module needed). A Debian
+# and wireguard-tools (the VPN between the sites, userspace: no kernel module needed), bird2
+# (BGP at the sites' borders and the ISPs' routers). A Debian
 # base brings its own Python 3.11; the official image has one in /usr/local.
 RUN set -eux; \
-    need="iproute2 iptables conntrack wireguard-go wireguard-tools"; \
+    need="iproute2 iptables conntrack wireguard-go wireguard-tools bird2"; \
     command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null \
       || need="$need python3 python3-venv"; \
     if ! dpkg -s $need >/dev/null 2>&1; then \

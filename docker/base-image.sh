@@ -14,7 +14,7 @@ mirror="${mirror:-http://deb.debian.org/debian}"
 dir="$(mktemp -d /var/tmp/d11-base.XXXXXX)"
 trap 'rm -rf "$dir"' EXIT
 debootstrap --variant=minbase \
-  --include=python3,python3-venv,iproute2,iptables,conntrack,wireguard-go,wireguard-tools,ca-certificates \
+  --include=python3,python3-venv,iproute2,iptables,conntrack,wireguard-go,wireguard-tools,bird2,ca-certificates \
   bookworm "$dir" "$mirror" >/dev/null
 rm -rf "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/archives/*.deb
 # As the official -slim images: no documentation, manual pages or translations (a third of

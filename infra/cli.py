@@ -389,6 +389,12 @@ def cmd_k8s(args: argparse.Namespace, rest: list[str]) -> int:
     return k8s_main(rest)
 
 
+def cmd_bgp(args: argparse.Namespace) -> int:
+    from infra.router import show
+
+    return show(args.json)
+
+
 def cmd_docker(args: argparse.Namespace, rest: list[str]) -> int:
     from infra.dockerlab import main as docker_main
 
@@ -466,6 +472,10 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--count", type=int, default=0, help="stop after this many (0: Ctrl-C)")
     top.add_argument("--json", action="store_true", help="one interval, as JSON, then exit")
     top.set_defaults(func=cmd_top)
+
+    bgp = sub.add_parser("bgp", help="Docker mode: each BGP router's sessions and routes")
+    bgp.add_argument("--json", action="store_true")
+    bgp.set_defaults(func=cmd_bgp)
 
     # Commands whose arguments (and --help) belong to the module they hand over to.
     for name, helptext, func in PASSTHROUGH:

@@ -57,11 +57,13 @@ _CALLS = re.compile(r"\$\{([a-z0-9-]+)\}")  # ${host}: an endpoint it calls (not
 _LOOPBACK = re.compile(r"(?<![\d.])127\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\d.])")
 
 
-def needs_net_admin(host: Host) -> bool:
-    """VPC members (VXLAN), the NAT, and underlay-only hosts that route through the NAT."""
-    if host.vpc is not None or host.role in ("nat", "vpn"):
+def needs_net_admin(t: Topology, host: Host) -> bool:
+    """VPC members (VXLAN), the NAT, the VPN and BGP routers, gateways (replies to DNATed
+    clients go back through the NAT), and with BGP every host of the access network (its
+    route to the sites' public prefixes through its ISP's router)."""
+    if host.vpc is not None or host.role in topo.APPLIANCES or host.role == "gateway":
         return True
-    return host.role == "gateway"  # replies to DNATed clients go back through the NAT
+    return "bgp" in t.docker and "internet" in host.addresses
 
 
 def depends(t: Topology, host: Host) -> list[str]:
@@ -124,10 +126,10 @@ def service(t: Topology, host: Host) -> dict[str, Any]:
     }
     if deps := depends(t, host):
         out["depends_on"] = {d: {"condition": "service_healthy"} for d in deps}
-    if needs_net_admin(host):
+    if needs_net_admin(t, host):
         out["cap_add"] = ["NET_ADMIN"]
         out["user"] = "root"  # infra.container sets the network up, then drops to d11
-    if host.role in ("nat", "vpn"):
+    if host.role in topo.APPLIANCES:
         out["sysctls"] = {"net.ipv4.ip_forward": 1}
     if host.role == "vpn":
         out["devices"] = ["/dev/net/tun"]  # wireguard-go's TUN, where the kernel has no module

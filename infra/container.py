@@ -20,6 +20,7 @@ except the NAT gateway, whose job is the kernel's NAT table.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import os
@@ -27,7 +28,7 @@ import pwd
 import runpy
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from infra import topology as topo
 from infra.topology import Host, Topology
@@ -42,6 +43,34 @@ def sh(*argv: str, stdin: str | None = None) -> str:
     if result.returncode != 0:
         raise SystemExit(f"container: {' '.join(argv)} failed: {result.stderr.strip()}")
     return result.stdout
+
+
+async def serve_health(address: str, port: int,
+                       check: Callable[[], Awaitable[tuple[bool, str]]]) -> None:  # fmt: skip
+    """``GET /healthz`` for an appliance whose work a kernel device or a daemon does (the
+    VPN, the BGP routers): ``check`` says whether it is up and what to say; HTTP/1.0, one
+    request per connection, as the health check asks."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            up, text = await check()
+            body = text.encode()
+            ok = up and line.startswith(b"GET /healthz ")
+            status = b"200 OK" if ok else b"503 Service Unavailable"
+            writer.write(
+                b"HTTP/1.0 " + status + b"\r\nContent-Type: text/plain\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            await writer.drain()
+        except (TimeoutError, ConnectionError, subprocess.SubprocessError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, address, port)
+    async with server:
+        await server.serve_forever()
 
 
 def batch(tool: str, commands: Iterable[str]) -> None:
@@ -100,7 +129,7 @@ def nat_route(t: Topology, host: Host) -> list[str]:
     """A route to the internet network through the NAT of the host's site (the first NAT
     for a host without one), for hosts on the underlay alone."""
     addresses = host.addresses
-    if "internet" in addresses or "underlay" not in addresses:
+    if "internet" in addresses or "underlay" not in addresses or host.role == "nat":
         return []
     nats = t.by_role("nat")
     if not nats:
@@ -124,13 +153,43 @@ def vpn_routes(t: Topology, host: Host) -> list[str]:
     return out
 
 
+def border_routes(t: Topology, host: Host) -> list[str]:
+    """Routes through the BGP routers (``docker.bgp``): a host of the access network sends
+    what lies behind the routers (the sites' public prefixes) to its ISP's router; a host
+    on a site's public edge (its NAT) sends the access network to the site's border."""
+    bgp = t.docker.get("bgp")
+    if not bgp or host.role == "router":
+        return []
+    if "internet" in host.addresses:
+        uplink = t.host(bgp["uplink"]).addresses["internet"]
+        return [f"route add {bgp['routed']} via {uplink}"]
+    internet = t.networks["internet"]["subnet"]
+    for net in host.addresses:
+        for router in t.by_role("router"):
+            if net != "underlay" and net in router.addresses:
+                return [f"route add {internet} via {router.addresses[net]}"]
+    return []
+
+
 def phone_commands(t: Topology) -> list[str]:
+    """The phones' addresses, one block per ISP/region; with BGP, each ISP's blocks send
+    the sites' public prefixes to that ISP's router (policy routing by source), as each
+    phone's traffic leaves through its own carrier."""
     phone = t.docker["phone"]
     dev, prefix = interface_of(phone["internet"])
+    bgp = t.docker.get("bgp")
     out = []
-    for block in phone["places"].values():
+    tables = {isp: 100 + i for i, isp in enumerate(sorted(bgp["isps"]))} if bgp else {}
+    for place, block in phone["places"].items():
         for address in list(ipaddress.IPv4Network(block).hosts()):
             out.append(f"addr add {address}/{prefix} dev {dev}")
+        if bgp:
+            out.append(f"rule add from {block} table {tables[place.split('/')[0]]}")
+    for isp, table in tables.items():
+        router = t.host(bgp["isps"][isp]).addresses["internet"]
+        out.append(f"route add {bgp['routed']} via {router} table {table}")
+    if bgp:  # the container's own address (the operator's console) buys from the uplink
+        out.append(f"route add {bgp['routed']} via {t.host(bgp['uplink']).addresses['internet']}")
     return out
 
 
@@ -139,7 +198,7 @@ def set_up(t: Topology, name: str) -> None:
         batch("ip", phone_commands(t))
         return
     host = t.host(name)
-    commands = nat_route(t, host)
+    commands = nat_route(t, host) + border_routes(t, host)
     bridge: list[str] = []
     if host.vpc is not None:
         vx_ip, bridge = vxlan_commands(t, host)
@@ -169,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         host = t.host(name)
         command, role = argv or [sys.executable, "-m", host.module], host.role
-    if role not in ("nat", "vpn"):  # the kernel's NAT table, the WireGuard device: root's
+    if role not in topo.APPLIANCES:  # the NAT table, the WireGuard device, BIRD: root's
         drop_privileges()
     if name == "phone" and not argv:
         phone_demo(os.environ.get("D11_PHONE_DEMO", "off"))

@@ -47,7 +47,7 @@ PKI_DIR = "/var/lib/d11/pki"
 SERVICE_NET = ipaddress.IPv4Network("10.96.0.0/12")
 ENTRY_IP = "10.97.0.10"  # the LoadBalancer in front of the gateways: the NAT's part
 # Hosts Kubernetes plays itself: the NAT (a LoadBalancer Service) and the phones (outside).
-NOT_IN_CLUSTER = {"nat", "vpn"}
+NOT_IN_CLUSTER = topo.APPLIANCES
 LABEL = "d11.example"
 HEADER = """\
 # RENDERED by `./d11 k8s` from infra/topology.yaml: edit that file, not this one (a test

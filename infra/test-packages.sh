@@ -5,10 +5,11 @@
 #   Caucho's Hessian (the Java oracle for our Hessian 2 codec) and a JDK to run it;
 #   PostgreSQL (the DATABASE_URL option); nginx (`nginx -t` and side-by-side comparisons
 #   for the gateway) and wrk (its benchmark); Docker mode's engine, Compose v1, debootstrap
-#   (a base image without a registry), tshark (the overlay on the wire) and conntrack.
+#   (a base image without a registry), tshark (the overlay on the wire) and conntrack;
+#   BIRD 2 (`bird -p` checks the BGP routers' rendered configurations).
 set -euo pipefail
 packages=(chromium dnsutils bind9-utils bind9 dnsperf libhessian-java postgresql nginx wrk
-          docker.io docker-compose debootstrap tshark conntrack iptables rpcbind)
+          docker.io docker-compose debootstrap tshark conntrack iptables rpcbind bird2)
 command -v javac >/dev/null 2>&1 || packages+=(default-jdk-headless)
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)  # `kubectl kustomize`
 missing=()

@@ -35,8 +35,13 @@ ROLES = frozenset(
         "registry",
         "collector",
         "vpn",
+        "router",
     }
 )
+# The network's own machines: the kernel (NAT, forwarding) or a daemon (WireGuard, BIRD)
+# does their work, as root; Docker mode only, one per job (no second instance to fail over
+# to, as a cloud's managed gateways), so no fault injection picks them.
+APPLIANCES = frozenset({"nat", "vpn", "router"})
 # The order service's roles are its wires' (order-grpc, order-soap, ...): services/wires
 # registers them; infra knows only their shape (a test checks the two agree).
 ORDER_ROLE = re.compile(r"order-[a-z0-9]+")

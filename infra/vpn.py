@@ -32,8 +32,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
-from infra.container import sh
+from infra.container import serve_health, sh
 
 LISTEN_PORT = 51820
 KEEPALIVE_S = 5
@@ -91,26 +92,14 @@ def handshake_age() -> float | None:
     return time.time() - max(stamps) if stamps else None
 
 
-async def serve(address: str, port: int, kind: str) -> None:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            age = await asyncio.to_thread(handshake_age)
-            up = age is not None and age < FRESH_S and line.startswith(b"GET /healthz ")
-            body = (f"wireguard {kind}, last handshake {age:.0f} s ago\n" if age is not None
-                    else f"wireguard {kind}, no handshake yet\n").encode()  # fmt: skip
-            status = b"200 OK" if up else b"503 Service Unavailable"
-            writer.write(b"HTTP/1.0 " + status + b"\r\nContent-Type: text/plain\r\n"
-                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-            await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+def health(kind: str) -> Callable[[], Awaitable[tuple[bool, str]]]:
+    async def check() -> tuple[bool, str]:
+        age = await asyncio.to_thread(handshake_age)
+        if age is None:
+            return False, f"wireguard {kind}, no handshake yet\n"
+        return age < FRESH_S, f"wireguard {kind}, last handshake {age:.0f} s ago\n"
 
-    server = await asyncio.start_server(answer, address, port)
-    async with server:
-        await server.serve_forever()
+    return check
 
 
 def main() -> None:
@@ -118,7 +107,7 @@ def main() -> None:
     kind = set_up(env)
     print(f"vpn: wg0 up ({kind}), peer {env['D11_VPN_PEER']}, routes {env['D11_VPN_REMOTE']}",
           flush=True)  # fmt: skip
-    asyncio.run(serve(env["D11_ADDRESS"], int(env["D11_PORT"]), kind))
+    asyncio.run(serve_health(env["D11_ADDRESS"], int(env["D11_PORT"]), health(kind)))
 
 
 if __name__ == "__main__":

@@ -247,20 +247,19 @@ class Docker:
         if service in self.ids:
             return self.ids[service]
         found = (await self._docker(
-            "ps", "-q", "--no-trunc", "--filter",
+            "ps", "-aq", "--no-trunc", "--filter",  # -a: a stopped one is still ours to start
             f"label=com.docker.compose.project={self.project}",
             "--filter", f"label=com.docker.compose.service={service}")).split()  # fmt: skip
         if len(found) != 1:
-            raise RuntimeError(f"{service}: {len(found)} running containers")
+            raise RuntimeError(f"{service}: {len(found)} containers")
         self.ids[service] = found[0]
         return found[0]
 
     async def running(self) -> bool:
         try:
-            await self.container("phone")
+            return container_pid(await self.container("phone")) is not None
         except (RuntimeError, OSError):
             return False
-        return True
 
     async def kill(self, service: str) -> None:
         pid = (await self._docker("inspect", "-f", "{{.State.Pid}}",
@@ -329,10 +328,10 @@ class Docker:
 
 
 def docker_targets(docker: Docker, roles: set[str] | None) -> list[list[Host]]:
-    # The phone is the load itself; a site's NAT is its only entry and its VPN gateway the
-    # only way between the sites (one each, as a cloud's managed gateways): not targets.
+    # The phone is the load itself; the network's appliances (a site's NAT, its VPN
+    # gateway, the BGP routers) are one each, as a cloud's managed gateways: not targets.
     return [[h] for h in docker.topology.hosts
-            if h.role not in ("nat", "vpn") and h.name != "tenant-b-inventory"
+            if h.role not in topo.APPLIANCES and h.name != "tenant-b-inventory"
             and (roles is None or h.role in roles)]  # fmt: skip
 
 

@@ -90,9 +90,11 @@ def test_every_data_centre_host_has_a_site_and_an_az_and_north_is_an_access_site
     # Every store is the main site's.
     for role in ("inventory", "coupon", "registry"):
         assert all(h.site == "east" for h in t.by_role(role))
-    # Docker mode adds the north's own NAT and each site's VPN gateway, in its own VPC.
+    # Docker mode adds the north's own NAT, each site's VPN gateway (in its own VPC) and
+    # each site's BGP border router.
     docker = topology.load(mode="docker")
-    assert {h.role for h in docker.in_site("north")} == {"gateway", "controller", "nat", "vpn"}
+    north = {h.role for h in docker.in_site("north")}
+    assert north == {"gateway", "controller", "nat", "vpn", "router"}
     assert {h.vpc[0] for h in docker.by_role("vpn")} == {"shop", "north"}
     with pytest.raises(topology.TopologyError, match="no site 'south'"):
         t.in_site("south")

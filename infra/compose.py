@@ -94,7 +94,7 @@ def environment(t: Topology, host: Host) -> dict[str, str]:
     if host.site:
         env.update(D11_SITE=host.site, D11_AZ=host.az)
     if host.vpc is not None:
-        env["D11_VNI"] = str(t.vpcs[host.vpc[0]]["vni"])
+        env["D11_VNI"] = str(t.segment(host)[0])
     if host.role != "collector":
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = collector_for(t, list(host.addresses))
     env.update(t.environment(host))

@@ -98,31 +98,73 @@ def vxlan_mac(vni: int, overlay: str) -> str:
     return ":".join(f"{o:02x}" for o in octets)
 
 
+def segment_members(t: Topology, vpc: str, vni: int) -> list[tuple[Host, str]]:
+    """Who is on one VXLAN segment of a VPC, with the address each has there (a VPC
+    router is on every segment of its VPC, at the segment's first address)."""
+    out = []
+    for peer in t.hosts:
+        if peer.vpc is None or peer.vpc[0] != vpc:
+            continue
+        if peer.role == "vpc-router":
+            out += [(peer, str(next(net.hosts()))) for v, net in t.segments(vpc).values()
+                    if v == vni]  # fmt: skip
+        elif t.segment(peer)[0] == vni:
+            out.append((peer, peer.vpc[1]))
+    return out
+
+
 def vxlan_commands(t: Topology, host: Host) -> tuple[list[str], list[str]]:
-    """``ip`` commands and ``bridge`` commands that put ``host`` on its VPC's overlay."""
+    """``ip`` commands and ``bridge`` commands that put ``host`` on its VPC's overlay: the
+    segment of its AZ (a VPC router: every segment, each on its own device)."""
     assert host.vpc is not None
     name, overlay = host.vpc
-    vpc = t.vpcs[name]
-    vni = int(vpc["vni"])
-    prefix = ipaddress.IPv4Network(vpc["subnet"]).prefixlen
+    if host.role == "vpc-router":
+        mine = [(vni, net, str(next(net.hosts()))) for vni, net in t.segments(name).values()]
+    else:
+        vni, net = t.segment(host)
+        mine = [(vni, net, overlay)]
     local = host.addresses["underlay"]
-    dev = f"vxlan{vni}"
-    ip = [
-        f"link add {dev} type vxlan id {vni} local {local} dev {interface_of(local)[0]} "
-        f"dstport {VXLAN_PORT} nolearning",
-        f"link set {dev} address {vxlan_mac(vni, overlay)}",
-        f"addr add {overlay}/{prefix} dev {dev}",
-        f"link set {dev} up",
-    ]
-    bridge = []
-    for peer in t.hosts:
-        if peer is host or peer.vpc is None or peer.vpc[0] != name:
-            continue
-        mac, underlay = vxlan_mac(vni, peer.vpc[1]), peer.addresses["underlay"]
-        bridge.append(f"fdb append 00:00:00:00:00:00 dev {dev} dst {underlay}")
-        bridge.append(f"fdb add {mac} dev {dev} dst {underlay} self permanent")
-        ip.append(f"neigh add {peer.vpc[1]} lladdr {mac} dev {dev} nud permanent")
+    ip: list[str] = []
+    bridge: list[str] = []
+    for vni, net, address in mine:
+        dev = f"vxlan{vni}"
+        ip += [
+            f"link add {dev} type vxlan id {vni} local {local} dev {interface_of(local)[0]} "
+            f"dstport {VXLAN_PORT} nolearning",
+            f"link set {dev} address {vxlan_mac(vni, address)}",
+            f"addr add {address}/{net.prefixlen} dev {dev}",
+            f"link set {dev} up",
+        ]
+        for peer, peer_address in segment_members(t, name, vni):
+            if peer is host:
+                continue
+            mac, underlay = vxlan_mac(vni, peer_address), peer.addresses["underlay"]
+            bridge.append(f"fdb append 00:00:00:00:00:00 dev {dev} dst {underlay}")
+            bridge.append(f"fdb add {mac} dev {dev} dst {underlay} self permanent")
+            ip.append(f"neigh add {peer_address} lladdr {mac} dev {dev} nud permanent")
     return ip, bridge
+
+
+def next_hop(t: Topology, host: Host, target: Host) -> tuple[str, str]:
+    """How a VPC member reaches another member of its VPC: directly on its own segment,
+    else through the VPC's router (its address on the member's segment); (via, device)."""
+    assert host.vpc is not None and target.vpc is not None
+    if host.role == "vpc-router":  # on every segment: straight to the target's
+        return target.vpc[1], f"vxlan{t.segment(target)[0]}"
+    vni, net = t.segment(host)
+    if t.segment(target)[0] == vni or t.vpc_router(host.vpc[0]) is None:
+        return target.vpc[1], f"vxlan{vni}"
+    return str(next(net.hosts())), f"vxlan{vni}"
+
+
+def segment_routes(t: Topology, host: Host) -> list[str]:
+    """A member of a VPC with AZ subnets sends the other AZs' subnets to the VPC's router."""
+    if host.vpc is None or host.role == "vpc-router" or t.vpc_router(host.vpc[0]) is None:
+        return []
+    vni, net = t.segment(host)
+    router = str(next(net.hosts()))
+    return [f"route add {other} via {router} dev vxlan{vni}"
+            for v, other in t.segments(host.vpc[0]).values() if v != vni]  # fmt: skip
 
 
 def nat_route(t: Topology, host: Host) -> list[str]:
@@ -140,16 +182,17 @@ def nat_route(t: Topology, host: Host) -> list[str]:
 
 
 def vpn_routes(t: Topology, host: Host) -> list[str]:
-    """A VPC member sends the other sites' VPC subnets to its VPC's VPN gateway."""
+    """A VPC member sends the other sites' VPC subnets to its VPC's VPN gateway (through
+    the VPC's router from another AZ's subnet)."""
     if host.vpc is None or host.role == "vpn":
         return []
-    dev = f"vxlan{int(t.vpcs[host.vpc[0]]['vni'])}"
     out = []
     for vpn in t.by_role("vpn"):
         if vpn.vpc is not None and vpn.vpc[0] == host.vpc[0]:
+            via, dev = next_hop(t, host, vpn)
             for subnet in t.environment(vpn).get("D11_VPN_REMOTE", "").split(","):
                 if subnet.strip():
-                    out.append(f"route add {subnet.strip()} via {vpn.vpc[1]} dev {dev}")
+                    out.append(f"route add {subnet.strip()} via {via} dev {dev}")
     return out
 
 
@@ -202,7 +245,7 @@ def set_up(t: Topology, name: str) -> None:
     bridge: list[str] = []
     if host.vpc is not None:
         vx_ip, bridge = vxlan_commands(t, host)
-        commands = vx_ip + commands + vpn_routes(t, host)
+        commands = vx_ip + commands + segment_routes(t, host) + vpn_routes(t, host)
     batch("ip", commands)
     batch("bridge", bridge)
 

@@ -90,10 +90,11 @@ def cluster_ip(address: str, shift: int = 0) -> str:
 
 
 def _shape(t: Topology, host: Host) -> tuple[Any, ...]:
-    """What makes two hosts the same workload: all but the name and addresses."""
+    """What makes two hosts the same workload: all but the name, addresses and placement
+    (the AZ, and so its VXLAN segment: the cluster's CNI plays the overlay)."""
     env = {k: v for k, v in environment(t, host).items()
            if k not in ("D11_SERVICE", "OTEL_SERVICE_NAME", "D11_ADDRESS", "D11_PUBLIC_ADDRESS",
-                        "D11_ADDRESS_ALIASES", "D11_AZ")}  # fmt: skip
+                        "D11_ADDRESS_ALIASES", "D11_AZ", "D11_VNI")}  # fmt: skip
     return (host.role, host.module, host.port, host.vpc and host.vpc[0], tuple(host.volumes),
             tuple(sorted(env.items())))  # fmt: skip
 

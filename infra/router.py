@@ -1,5 +1,7 @@
-"""A BGP router (role ``router``, Docker mode): BIRD 2 speaking eBGP, as the border of a
-site and the edge of an ISP.
+"""A router (Docker mode): with ``D11_BGP_ASN`` a BGP router (role ``router``), BIRD 2
+speaking eBGP as the border of a site or the edge of an ISP; without, a VPC's router
+between its AZ subnets (role ``vpc-router``), where the kernel forwards between the VXLAN
+devices ``infra/container.py`` gave it, one per AZ segment, and nothing else is needed.
 
 * **Border routers** (one per site) sit on the site's public edge network, where its NAT
   holds the entry addresses, and on the peering LAN (``ix``). Each announces its site's
@@ -131,8 +133,26 @@ async def run(env: dict[str, str]) -> int:
     return code
 
 
+def forwarding_state() -> tuple[bool, str]:
+    """A VPC router is up while the kernel forwards and its segments' devices are up."""
+    with open("/proc/sys/net/ipv4/ip_forward") as f:
+        on = f.read().strip() == "1"
+    links = subprocess.run(["ip", "-br", "addr", "show", "type", "vxlan"],
+                           capture_output=True, text=True).stdout  # fmt: skip
+    up = on and bool(links) and all(" DOWN " not in f" {ln} " for ln in links.splitlines())
+    return up, f"ip_forward {'on' if on else 'off'}\n{links}"
+
+
+async def forwarding() -> tuple[bool, str]:
+    return await asyncio.to_thread(forwarding_state)
+
+
 def main() -> int:
     env = dict(os.environ)
+    if "D11_BGP_ASN" not in env:
+        print("router: forwarding between the VPC's AZ subnets", flush=True)
+        asyncio.run(serve_health(env["D11_ADDRESS"], int(env["D11_PORT"]), forwarding))
+        return 0
     write_config(env)
     return asyncio.run(run(env))
 

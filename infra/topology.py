@@ -36,12 +36,13 @@ ROLES = frozenset(
         "collector",
         "vpn",
         "router",
+        "vpc-router",
     }
 )
 # The network's own machines: the kernel (NAT, forwarding) or a daemon (WireGuard, BIRD)
 # does their work, as root; Docker mode only, one per job (no second instance to fail over
 # to, as a cloud's managed gateways), so no fault injection picks them.
-APPLIANCES = frozenset({"nat", "vpn", "router"})
+APPLIANCES = frozenset({"nat", "vpn", "router", "vpc-router"})
 # The order service's roles are its wires' (order-grpc, order-soap, ...): services/wires
 # registers them; infra knows only their shape (a test checks the two agree).
 ORDER_ROLE = re.compile(r"order-[a-z0-9]+")
@@ -103,6 +104,24 @@ class Topology:
     docker: dict[str, Any] = field(default_factory=dict)
     # Site name → {main, description, azs}: the data centres, the main one first.
     sites: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def segments(self, vpc: str) -> dict[str, tuple[int, ipaddress.IPv4Network]]:
+        """A VPC's subnets by AZ, each its own VXLAN segment (VNI, subnet); a VPC without
+        ``azs`` is one segment, under the key ""."""
+        spec = self.vpcs[vpc]
+        parts = spec.get("azs") or {"": spec}
+        return {az: (int(p["vni"]), ipaddress.IPv4Network(p["subnet"])) for az, p in parts.items()}
+
+    def segment(self, host: Host) -> tuple[int, ipaddress.IPv4Network]:
+        """The VXLAN segment a VPC member is on: its AZ's subnet (a VPC router: the first)."""
+        assert host.vpc is not None
+        parts = self.segments(host.vpc[0])
+        return parts.get(host.az) or next(iter(parts.values()))
+
+    def vpc_router(self, vpc: str) -> Host | None:
+        """The router between a VPC's AZ subnets (it holds each subnet's first address)."""
+        return next((h for h in self.hosts if h.role == "vpc-router" and h.vpc
+                     and h.vpc[0] == vpc), None)  # fmt: skip
 
     def tenant_of(self, vpc: str) -> str:
         """Whose a VPC is: its ``tenant`` (the north's VPC is the shop's), else its name."""

@@ -165,7 +165,7 @@ def routes(
              "address": h.address, "port": h.port,
              "protocol": h.protocol, "networks": list(h.networks), "addresses": h.addresses,
              "vpc": h.vpc[0] if h.vpc else None, "vpc_address": h.vpc[1] if h.vpc else None,
-             "vni": topo.vpcs[h.vpc[0]]["vni"] if h.vpc else None,
+             "vni": topo.segment(h)[0] if h.vpc else None,
              "healthy": health.get(h.name), "rps": rates.get(h.name)}
             for h in topo.hosts
         ]  # fmt: skip

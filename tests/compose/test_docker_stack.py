@@ -154,7 +154,7 @@ def test_orders_cross_every_hop(lab: None, protocol: str) -> None:
     # shop's; the north's, for a north controller, whose VPN gateway carries it over).
     rpc = [s for (svc, _), s in by_name.items()
            if svc.startswith("controller-") and s["attributes"].get("rpc.system")]  # fmt: skip
-    assert rpc and all(s["attributes"]["d11.net.vni"] == T.vpcs[T.host(s["service"]).vpc[0]]["vni"]
+    assert rpc and all(s["attributes"]["d11.net.vni"] == T.segment(T.host(s["service"]))[0]
                        for s in rpc)  # fmt: skip
     # HTTPDNS did the resolution, walking root → TLD → zones on the phone's behalf.
     assert any(s["service"] == "httpdns" for s in spans)
@@ -297,20 +297,64 @@ def test_overlay_on_the_wire(lab: None, tmp_path) -> None:
         rows = [line.split("\t") for line in fields if line]
         assert rows, f"no VXLAN datagrams carrying {name}'s port were captured"
         north_vpn = T.host("vpn-north").addresses["underlay"]
+        routers = {h.addresses["underlay"] for h in T.by_role("vpc-router")}
         for vni, _, destinations, _ in rows:
             outer_dst, inner_dst = destinations.split(",")
             assert inner_dst in vteps
-            if vni == str(T.vpcs["north"]["vni"]):
-                # A north controller's call: on the north's VNI to its VPN gateway, which
-                # carries it to the east through the tunnel.
-                assert outer_dst == north_vpn
+            if int(vni) in {v for v, _ in T.segments("north").values()}:
+                # A north controller's call: on the north's VNIs to its VPN gateway (from
+                # the other AZ through the VPC's router), then through the tunnel.
+                assert outer_dst == north_vpn or outer_dst in routers
                 continue
-            assert vni == str(T.vpcs["shop"]["vni"])
-            assert outer_dst == vteps[inner_dst]  # VTEP to VTEP on the underlay
+            assert int(vni) in {v for v, _ in T.segments("shop").values()}
+            # VTEP to VTEP on the underlay, or to the VPC's router from the other AZ.
+            assert outer_dst == vteps[inner_dst] or outer_dst in routers
         from_controllers = [r for r in rows if r[1].split(",")[1] in controllers]
         assert from_controllers, f"no controller → {name} packets on the overlay"
         if name == "order-dubbo":
             assert any(r[3].replace(":", "").startswith("dabb") for r in from_controllers)
+
+
+def test_a_call_between_azs_crosses_the_vpc_router(lab: None, tmp_path) -> None:
+    """Each AZ of the shop's VPC is its own subnet and VXLAN segment: controller-1 (east-a)
+    connecting to the coupon service (east-b) sends on its segment's VNI to the VPC
+    router's VTEP, and the router sends it on east-b's VNI to the coupon's VTEP with the
+    inner TTL one less: a real L3 hop between the AZs."""
+    if not shutil.which("tshark"):
+        pytest.fail("tshark is missing: apt-get install tshark")
+    a, b = T.host("controller-1"), T.host("coupon")
+    assert a.vpc and b.vpc and a.az != b.az
+    (vni_a, net_a), (vni_b, net_b) = T.segment(a), T.segment(b)
+    assert vni_a != vni_b and not net_a.overlaps(net_b)
+    router = T.vpc_router("shop")
+    assert router is not None
+    pcap = tmp_path / "azs.pcap"
+    capture = subprocess.Popen(
+        ["tshark", "-q", "-i", bridge_of("underlay"), "-f", "udp port 4789", "-a",
+         "duration:60", "-a", "filesize:20000", "-w", str(pcap)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        time.sleep(2)
+        connect = f"socket.create_connection(('{b.vpc[1]}', {b.port}), 3).close()"
+        in_container("controller-1", "python", "-c", f"import socket\nfor _ in range(3): {connect}")
+        time.sleep(2)
+    finally:
+        capture.terminate()
+        capture.wait(timeout=30)
+    rows = [line.split("\t") for line in subprocess.run(
+        ["tshark", "-r", str(pcap), "-Y", f"vxlan && ip.src == {a.vpc[1]} && ip.dst == {b.vpc[1]}",
+         "-T", "fields", "-e", "vxlan.vni", "-e", "ip.dst", "-e", "ip.ttl"],
+        capture_output=True, text=True, timeout=60,
+    ).stdout.splitlines() if line]  # fmt: skip
+    legs: dict[int, list[tuple[str, int]]] = {}
+    for vni, destinations, ttls in rows:
+        outer_dst, _inner = destinations.split(",")
+        legs.setdefault(int(vni), []).append((outer_dst, int(ttls.split(",")[1])))
+    assert set(legs) == {vni_a, vni_b}, legs
+    assert {d for d, _ in legs[vni_a]} == {router.addresses["underlay"]}, legs
+    assert {d for d, _ in legs[vni_b]} == {b.addresses["underlay"]}, legs
+    assert {t for _, t in legs[vni_b]} == {t - 1 for _, t in legs[vni_a]}, legs
 
 
 def bridge_of(network: str) -> str:
@@ -459,8 +503,8 @@ def test_bgp_carries_each_phone_through_its_own_isp(lab: None, tmp_path) -> None
 
 def test_the_topology_page_draws_the_isps_bgp_sessions_and_the_vpn(lab: None, tmp_path) -> None:
     """The collector's topology page in Docker mode, rendered by headless Chromium: the
-    ISPs' routers, a BGP session line from each ISP to each site's border, and the VPN
-    between the sites' gateways, all drawn healthy."""
+    ISPs' routers, a BGP session line from each ISP to each site's border, the VPN
+    between the sites' gateways and each VPC's router between its AZs, all healthy."""
     dom = ""
     for _ in range(3):  # the page probes every host; a first look may catch one mid-probe
         dom = chromium_dom("http://127.0.0.1:16686/topology", tmp_path).replace("&gt;", ">")
@@ -474,6 +518,12 @@ def test_the_topology_page_draws_the_isps_bgp_sessions_and_the_vpn(lab: None, tm
             assert f'data-link="bgp:{isp.name}>{border.name}" data-health="up"' in dom, dom
     east, north = (h.name for h in T.by_role("vpn"))
     assert f'data-link="vpn:{east}>{north}" data-health="up"' in dom
+    # Each VPC's router into the AZ subnet it is not in; each AZ with its subnet and VNI.
+    for router in T.by_role("vpc-router"):
+        for az, (vni, net) in T.segments(router.vpc[0]).items():  # type: ignore[index]
+            assert f"{net} · VNI {vni}" in dom
+            if az != router.az:
+                assert f'data-link="az:{router.name}>{az}" data-health="up"' in dom
 
 
 def test_a_stopped_border_is_withdrawn_and_announced_again(lab: None) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ipaddress
 import json
 
 import httpx
@@ -90,11 +91,24 @@ def test_every_data_centre_host_has_a_site_and_an_az_and_north_is_an_access_site
     # Every store is the main site's.
     for role in ("inventory", "coupon", "registry"):
         assert all(h.site == "east" for h in t.by_role(role))
-    # Docker mode adds the north's own NAT, each site's VPN gateway (in its own VPC) and
-    # each site's BGP border router.
+    # Docker mode adds the north's own NAT, each site's VPN gateway (in its own VPC), BGP
+    # border router and VPC router (between its AZ subnets).
     docker = topology.load(mode="docker")
     north = {h.role for h in docker.in_site("north")}
-    assert north == {"gateway", "controller", "nat", "vpn", "router"}
+    assert north == {"gateway", "controller", "nat", "vpn", "router", "vpc-router"}
+    # Each AZ of a site's VPC is its own subnet and segment: every member sits in its AZ's
+    # subnet, and the VPC's router holds the first address of each.
+    for name, spec in docker.vpcs.items():
+        if not spec.get("azs"):
+            continue
+        router = docker.vpc_router(name)
+        segments = docker.segments(name)
+        assert router is not None and len({v for v, _ in segments.values()}) == len(segments)
+        for h in docker.hosts:
+            if h.vpc and h.vpc[0] == name and h is not router:
+                _vni, net = docker.segment(h)
+                assert ipaddress.IPv4Address(h.vpc[1]) in net, (h.name, net)
+                assert str(next(net.hosts())) != h.vpc[1]
     assert {h.vpc[0] for h in docker.by_role("vpn")} == {"shop", "north"}
     with pytest.raises(topology.TopologyError, match="no site 'south'"):
         t.in_site("south")

@@ -223,6 +223,10 @@ class Metrics:
             "Spans this process's exporters dropped (the collector down, refusing or slow).",
             registry=self.registry,
         ).set_function(otlp.dropped)
+        # Which process answered a scrape: the gateway's workers share a port and each
+        # counts its own requests, so a scraper keeps their counters apart by this.
+        Gauge("d11_process_pid", "The process serving this scrape.",
+              registry=self.registry).set_function(os.getpid)  # fmt: skip
         self.service = service
         # labels() hashes and locks on every call; the children are few, so keep them.
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}

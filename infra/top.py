@@ -7,6 +7,11 @@ the upper bound of the bucket it falls in, as Prometheus's ``histogram_quantile`
 interpolate within). Errors are failures of the server, not refusals a client earned: HTTP
 5xx, gRPC UNKNOWN/INTERNAL/UNAVAILABLE/DEADLINE_EXCEEDED/DATA_LOSS, Dubbo's server-side
 statuses, DNS SERVFAIL.
+
+Several processes can answer one address's /metrics in turn (the gateway's workers, each
+counting its own requests): every scrape names its process (``d11_process_pid``), rates
+are taken between two scrapes of the same process, and a host whose processes answer in
+turn shows the sum of their latest rates.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ DNS_SERVFAIL = "2"
 @dataclass
 class Sample:
     at: float
+    pid: int = 0  # the process that answered (d11_process_pid); 0 when it does not say
     requests: dict[tuple[str, str, str], float] = field(default_factory=dict)  # proto, op, outcome
     buckets: dict[float, float] = field(default_factory=dict)  # le → cumulative count
 
@@ -58,6 +64,8 @@ def parse(text: str, at: float) -> Sample:
             elif s.name == "d11_request_duration_seconds_bucket":
                 le = float(s.labels["le"])
                 sample.buckets[le] = sample.buckets.get(le, 0.0) + s.value
+            elif s.name == "d11_process_pid":
+                sample.pid = int(s.value)
     return sample
 
 
@@ -111,10 +119,43 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+# A process's last rate counts toward its host's for this long: several processes behind
+# one address (the gateway's workers) answer scrapes in turn, each with its own counters.
+WORKER_RATE_S = 10.0
+
+
 class Top:
     def __init__(self, topology: topo.Topology, hosts: list[topo.Host] | None = None) -> None:
         self.hosts = topology.hosts if hosts is None else tuple(hosts)
-        self.previous: dict[str, Sample] = {}
+        self.previous: dict[tuple[str, int], Sample] = {}  # (host, pid) → its last scrape
+        self.rates: dict[str, dict[int, tuple[float, float, float]]] = {}  # pid → at, rps, err
+        self.last_pid: dict[str, int] = {}
+        self.workers: set[str] = set()  # hosts whose processes answer in turn
+
+    def observe(self, name: str, text: str, at: float) -> dict:
+        """One scrape of a host's /metrics (``text``) at ``at``: its row."""
+        sample = parse(text, at)
+        key = (name, sample.pid)
+        row = {"state": "up", **delta(sample, self.previous.get(key))}
+        self.previous[key] = sample
+        self._per_host(name, sample, row)
+        return row
+
+    def _per_host(self, name: str, sample: Sample, row: dict) -> None:
+        """Rates of a host with several processes: the sum of each one's latest. A host is
+        taken to have several once a process answers again after another did (a restart
+        only ever moves on to a new process, whose rate replaces the old one's)."""
+        rates = self.rates.setdefault(name, {})
+        last = self.last_pid.get(name)
+        if last is not None and last != sample.pid and sample.pid in rates:
+            self.workers.add(name)
+        self.last_pid[name] = sample.pid
+        if row["rps"] is not None:
+            rates[sample.pid] = (sample.at, row["rps"], row["errors_per_s"])
+        live = [r for r in rates.values() if sample.at - r[0] <= WORKER_RATE_S]
+        if name in self.workers and len(live) > 1:
+            row["rps"] = round(sum(r[1] for r in live), 1)
+            row["errors_per_s"] = round(sum(r[2] for r in live), 2)
 
     async def scrape(self, session: aiohttp.ClientSession) -> dict[str, dict]:
         async def one(host: topo.Host) -> tuple[str, dict]:
@@ -126,10 +167,7 @@ class Top:
                     text = await r.text()
             except (aiohttp.ClientError, TimeoutError, OSError):
                 return host.name, {"state": "down"}
-            sample = parse(text, time.monotonic())
-            row = {"state": "up", **delta(sample, self.previous.get(host.name))}
-            self.previous[host.name] = sample
-            return host.name, row
+            return host.name, self.observe(host.name, text, time.monotonic())
 
         rows = await asyncio.gather(*(one(h) for h in self.hosts))
         return dict(rows)

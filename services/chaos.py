@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import os
 import random
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -59,14 +61,36 @@ def targets(topology: topo.Topology, roles: set[str] | None) -> list[list[Host]]
     return [g for g in topology.groups() if roles is None or any(h.role in roles for h in g)]
 
 
-async def back_healthy(hosts: list[Host], since: float, limit: float) -> float | None:
-    """Seconds from ``since`` until every host of the group answers its health probe.
+class Prober:
+    """The recovery probes' own event loop, in one worker thread for the whole run: the
+    main loop also drives the phones, and a probe waiting behind 64 phones' callbacks would
+    time out on a host that answers (a gateway, healthy 0.6 s after its kill, was seen
+    "back" after 6.3 s). One loop, made once: a fresh loop per probe (20 a second, each
+    made and closed in a thread beside the phones' uvloop) went with a chaos run that died
+    of SIGABRT, its stderr empty, in two CI runs."""
 
-    Each probe runs on an event loop of its own in a worker thread: this loop also drives
-    the phones, and a probe waiting behind 64 phones' callbacks would time out on a host
-    that answers (a gateway, healthy 0.6 s after its kill, was seen "back" after 6.3 s)."""
+    _shared: Prober | None = None
+
+    def __init__(self) -> None:
+        self.loop = asyncio.SelectorEventLoop()
+        threading.Thread(target=self.loop.run_forever, name="chaos-probes", daemon=True).start()
+
+    @classmethod
+    def shared(cls) -> Prober:
+        if cls._shared is None:
+            cls._shared = cls()
+        return cls._shared
+
+    async def probe(self, hosts: list[Host], timeout: float) -> dict[str, bool]:
+        future = asyncio.run_coroutine_threadsafe(probe_all(hosts, timeout=timeout), self.loop)
+        return await asyncio.wrap_future(future)
+
+
+async def back_healthy(hosts: list[Host], since: float, limit: float) -> float | None:
+    """Seconds from ``since`` until every host of the group answers its health probe (on
+    the probes' own loop, ``Prober``)."""
     while time.monotonic() - since < limit:
-        results = await asyncio.to_thread(asyncio.run, probe_all(hosts, timeout=0.3))
+        results = await Prober.shared().probe(hosts, 0.3)
         if all(results.values()):
             return time.monotonic() - since
         await asyncio.sleep(0.05)
@@ -500,6 +524,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # A native crash (SIGSEGV, SIGABRT) says where: the Python stacks on stderr.
+    faulthandler.enable()
     if min(args.duration, args.every, args.hang, args.outage, args.max_faults) <= 0:
         raise SystemExit("--duration, --every, --hang, --outage and --max-faults must be positive")
     try:

@@ -31,7 +31,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable
 
 from infra import topology as topo
-from infra.topology import Host, Topology
+from infra.topology import Host, Topology, router_address
 from infra.zygote import name_process
 
 VXLAN_PORT = 4789
@@ -106,7 +106,7 @@ def segment_members(t: Topology, vpc: str, vni: int) -> list[tuple[Host, str]]:
         if peer.vpc is None or peer.vpc[0] != vpc:
             continue
         if peer.role == "vpc-router":
-            out += [(peer, str(next(net.hosts()))) for v, net in t.segments(vpc).values()
+            out += [(peer, router_address(net)) for v, net in t.segments(vpc).values()
                     if v == vni]  # fmt: skip
         elif t.segment(peer)[0] == vni:
             out.append((peer, peer.vpc[1]))
@@ -119,7 +119,7 @@ def vxlan_commands(t: Topology, host: Host) -> tuple[list[str], list[str]]:
     assert host.vpc is not None
     name, overlay = host.vpc
     if host.role == "vpc-router":
-        mine = [(vni, net, str(next(net.hosts()))) for vni, net in t.segments(name).values()]
+        mine = [(vni, net, router_address(net)) for vni, net in t.segments(name).values()]
     else:
         vni, net = t.segment(host)
         mine = [(vni, net, overlay)]
@@ -154,7 +154,7 @@ def next_hop(t: Topology, host: Host, target: Host) -> tuple[str, str]:
     vni, net = t.segment(host)
     if t.segment(target)[0] == vni or t.vpc_router(host.vpc[0]) is None:
         return target.vpc[1], f"vxlan{vni}"
-    return str(next(net.hosts())), f"vxlan{vni}"
+    return router_address(net), f"vxlan{vni}"
 
 
 def segment_routes(t: Topology, host: Host) -> list[str]:
@@ -162,7 +162,7 @@ def segment_routes(t: Topology, host: Host) -> list[str]:
     if host.vpc is None or host.role == "vpc-router" or t.vpc_router(host.vpc[0]) is None:
         return []
     vni, net = t.segment(host)
-    router = str(next(net.hosts()))
+    router = router_address(net)
     return [f"route add {other} via {router} dev vxlan{vni}"
             for v, other in t.segments(host.vpc[0]).values() if v != vni]  # fmt: skip
 

@@ -93,6 +93,11 @@ class Host:
         return self.process or self.name
 
 
+def router_address(segment: ipaddress.IPv4Network) -> str:
+    """A VPC router's address on one of its VPC's AZ subnets: the subnet's first."""
+    return str(next(segment.hosts()))
+
+
 @dataclass(frozen=True)
 class Topology:
     hosts: tuple[Host, ...]
@@ -119,7 +124,8 @@ class Topology:
         return parts.get(host.az) or next(iter(parts.values()))
 
     def vpc_router(self, vpc: str) -> Host | None:
-        """The router between a VPC's AZ subnets (it holds each subnet's first address)."""
+        """The router between a VPC's AZ subnets (it holds each subnet's first address,
+        ``router_address``)."""
         return next((h for h in self.hosts if h.role == "vpc-router" and h.vpc
                      and h.vpc[0] == vpc), None)  # fmt: skip
 

@@ -44,6 +44,7 @@ __all__ = [
     "server_span",
     "setup_tracing",
     "tracer",
+    "untraced_headers",
 ]
 
 _TRACER_NAME = "double-11"
@@ -122,6 +123,14 @@ def format_trace_id(span: Span | None = None) -> str:
     """Hex trace id of ``span`` (default: the current span), or '' outside any trace."""
     ctx = (span or trace.get_current_span()).get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+def untraced_headers() -> dict[str, str]:
+    """Headers for background calls (registry heartbeats, discovery polls): a W3C
+    ``traceparent`` with the sampled flag off, so the callee's parent-based sampler records
+    nothing. Every host makes such calls every second; traced, they would be most of the
+    store and push the visits out of the viewer's list of recent traces."""
+    return {"traceparent": f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-00"}
 
 
 def inject(carrier: MutableMapping[str, str]) -> MutableMapping[str, str]:

@@ -6,6 +6,9 @@
 - :class:`Discovery`: the live instances of one service, polled in the background (cheap:
   the registry answers 304 while nothing changed). Callers read ``endpoints``. A registry
   that is down, or back but still empty, leaves the last known instances in place.
+
+Both are background chatter, not visits: their calls say "not sampled" (W3C traceparent
+flags 00), so the registry records no trace of them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import aiohttp
 
 from infra.config import Settings
 from infra.tasks import Periodic
+from infra.telemetry import untraced_headers
 
 log = logging.getLogger("d11.discovery")
 
@@ -35,7 +39,7 @@ class Registration(Periodic):
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        self.session = aiohttp.ClientSession(timeout=TIMEOUT)
+        self.session = aiohttp.ClientSession(timeout=TIMEOUT, headers=untraced_headers())
         await self._register()
         await super().start()
 
@@ -95,7 +99,7 @@ class Discovery(Periodic):
             log.warning("discovery of %s failed: %s", self.service, exc)
 
     async def start(self) -> None:
-        self.session = aiohttp.ClientSession(timeout=TIMEOUT)
+        self.session = aiohttp.ClientSession(timeout=TIMEOUT, headers=untraced_headers())
         await self.refresh()
         await super().start()
 

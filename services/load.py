@@ -522,18 +522,24 @@ async def execute(args: argparse.Namespace, *, live: bool | None = None) -> dict
             # the phone's decision (the SDK's default sampler is parent-based).
             os.environ["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
             os.environ["OTEL_TRACES_SAMPLER_ARG"] = str(args.trace_ratio)
+    settings = Settings(
+        name="phone", role="client", address="127.100.0.1", port=0, env=dict(os.environ)
+    )
     global _provider
     if _provider is None:  # once per process: ./d11 chaos runs several loads
-        _provider = setup_tracing(
-            Settings(name="phone", role="client", address="127.100.0.1", port=0)
-        )
+        _provider = setup_tracing(settings)
     run = Run(args, topology)
     console = Console(stderr=True)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as admin:
         before: dict[int, dict[str, int]] = {}
         if args.scenario in ("flash-sale", "mixed"):
+            prior = await run.stock_level(admin, args.hot_item)
             await run.admin(admin, args.hot_item, args.stock)
             before[args.hot_item] = await run.stock_level(admin, args.hot_item)
+            if prior["available"] < before[args.hot_item]["available"]:
+                # Restocked: an order service that saw the item sold out refuses it without
+                # asking the inventory for SOLD_OUT_HINT seconds; the phones start after that.
+                await asyncio.sleep(settings.get_float("SOLD_OUT_HINT", 1.0))
         cdn_before = await run.cdn_stats(admin)
         phones = run.phones(ca)
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 
 import pytest
 
@@ -152,6 +153,18 @@ def test_web_viewer_renders_the_trace_in_chromium(stack: Stack, traced_order, tm
 
     listing = chromium_dom(stack.url("collector", "/"), tmp_path)
     assert f'data-trace-id="{trace_id}"' in listing
+
+
+def test_background_chatter_starts_no_trace(stack: Stack, http):
+    """Registry heartbeats and discovery polls (every host, every second) say "not sampled",
+    so the store and the viewer's list hold visits, not housekeeping."""
+    since_ns = time.time_ns()
+    time.sleep(2.5)  # two heartbeats and two polls from every host
+    traces = http.get(
+        stack.url("collector", "/api/traces"), params={"service": "registry", "limit": 1000},
+        timeout=15,
+    ).json()["traces"]  # fmt: skip
+    assert [t for t in traces if t["start_ns"] >= since_ns] == []
 
 
 def test_topology_page_draws_every_host_with_live_health(stack: Stack, http, tmp_path):

@@ -32,13 +32,21 @@ async def probe_http(host: Host, timeout: float) -> bool:
         return False
 
 
+def _grpc_health(endpoint: str, timeout: float) -> bool:
+    with grpc.insecure_channel(endpoint) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
 async def probe_grpc(host: Host, timeout: float) -> bool:
+    """grpcio's synchronous stub in a worker thread, not ``grpc.aio``: an aio channel
+    belongs to the loop it was made on, and ``./d11 chaos`` probes from two threads' loops
+    at once (its recovery probes beside the launcher's during ``up --site``), which aborted
+    the process (SIGABRT) in CI."""
     try:
-        async with grpc.aio.insecure_channel(host.endpoint) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-            return reply.status == health_pb2.HealthCheckResponse.SERVING
-    except (grpc.aio.AioRpcError, TimeoutError, OSError):
+        return await asyncio.to_thread(_grpc_health, host.endpoint, timeout)
+    except (grpc.RpcError, OSError):
         return False
 
 

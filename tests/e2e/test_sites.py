@@ -11,6 +11,7 @@ import subprocess
 import time
 
 import httpx
+import pytest
 
 from bench.peers import chromium_dom
 from services.phone import order_body
@@ -116,7 +117,8 @@ def test_a_site_down_sends_its_phones_to_the_other_and_they_come_back(stack: Sta
         )  # fmt: skip
     finally:  # whatever became of the run, the north comes back for the tests after it
         stack.d11("up", "--site", "north", "--detach", timeout=120, check=False)
-    assert out.stdout.strip(), (out.returncode, out.stderr)
+    if not out.stdout.strip():  # pytest.fail keeps the whole message (a native crash's stacks)
+        pytest.fail(f"chaos exited {out.returncode} with no report; stderr:\n{out.stderr[-12000:]}")
     report = json.loads(out.stdout)
     assert out.returncode == 0, (report["audit"], report["faults"])
     (fault,) = report["faults"]

@@ -20,7 +20,11 @@ Two kinds of service:
 ``edges`` (``img.shop.example.gslb.cdn.example``): the CDN's edges, each probed (its
   ``/_cdn/load`` report: healthy, load). The answer is the least-loaded live edge of the
   querier's region, or of the nearest region that has one below ``overload``; a dead edge is
-  never answered, and when none is alive the answer is SERVFAIL.
+  never answered while another lives. When none is alive the answer is SERVFAIL, or with
+  ``when_all_down: answer-all`` every edge is answered as if alive (Route 53's rule when
+  every health check of a record set fails): a probe round that saw the edges' process
+  restarting must not turn into "no address" for phones whose resolver has no stale answer
+  to give, while a phone that is given an edge still coming back retries its connect.
 """
 
 from __future__ import annotations
@@ -214,6 +218,7 @@ class Edges:
     edges: list[Target]
     answers: int
     overload: float
+    answer_all_when_down: bool = False
 
 
 class Gslb:
@@ -288,7 +293,11 @@ class Gslb:
                        int(e.get("weight", 1)), str(e.get("probe", "")))
                 for e in service["edges"]
             ]  # fmt: skip
-            self.edges[name] = Edges(name, edges, answers, float(service.get("overload", 0.9)))
+            when_down = str(service.get("when_all_down", "servfail"))
+            if when_down not in ("servfail", "answer-all"):
+                raise ValueError(f"when_all_down: {when_down!r} is not servfail or answer-all")
+            self.edges[name] = Edges(name, edges, answers, float(service.get("overload", 0.9)),
+                                     when_down == "answer-all")  # fmt: skip
             self.targets += edges
         else:
             raise GslbError(f"unknown service kind {kind!r}")
@@ -367,7 +376,14 @@ class Gslb:
     def _edges(self, svc: Edges, region: str) -> list[Target]:
         alive = [t for t in svc.edges if t.healthy]
         if not alive:
-            return []
+            if not svc.answer_all_when_down:
+                return []
+            # Their loads are unknown (a dead edge reports none): by region alone.
+            for candidate in self._regions(region):
+                here = [t for t in svc.edges if t.region == candidate]
+                if here:
+                    return here[: svc.answers]
+            return svc.edges[: svc.answers]
         for candidate in self._regions(region):
             here = [t for t in alive if t.region == candidate and t.load < svc.overload]
             if here:

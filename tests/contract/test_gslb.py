@@ -27,6 +27,7 @@ GSLB = "127.20.9.40"
 E1, E2, N1 = "127.30.9.51", "127.30.9.52", "127.30.9.53"
 DEAD = "127.30.9.99"
 EDGE_NAME = "img.shop.example.gslb.cdn.example"
+OPEN_NAME = "open.gslb.cdn.example"  # the same edges, answered all when all are down
 
 
 def answers(out: str) -> list[str]:
@@ -43,19 +44,20 @@ def edge(address: str, run: Path, name: str, region: str, **env: str):
 @pytest.fixture(scope="module")
 def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     run = tmp_path_factory.mktemp("gslb")
+    edges = [
+        {"name": n, "address": a, "region": r, "probe": f"http://{a}:8000/_cdn/load"}
+        for n, a, r in (("e1", E1, "east"), ("e2", E2, "east"), ("n1", N1, "north"))
+    ]
     policy = {
         "ipdb": str(GSLB_DIR / "ipdb.csv"),
         "ttl": 5,
         "default": {"isp": "telecom", "region": "east"},
         "nearest": {"east": ["east", "north"], "north": ["north", "east"]},
         "services": [
-            {
-                "name": f"{EDGE_NAME}.", "kind": "edges", "answers": 1, "overload": 0.9,
-                "edges": [
-                    {"name": n, "address": a, "region": r, "probe": f"http://{a}:8000/_cdn/load"}
-                    for n, a, r in (("e1", E1, "east"), ("e2", E2, "east"), ("n1", N1, "north"))
-                ],
-            },
+            {"name": f"{EDGE_NAME}.", "kind": "edges", "answers": 1, "overload": 0.9,
+             "edges": edges},
+            {"name": f"{OPEN_NAME}.", "kind": "edges", "answers": 1, "overload": 0.9,
+             "edges": edges, "when_all_down": "answer-all"},
             {
                 "name": "api.shop.example.", "kind": "two-layer",
                 "layer2": "api.{isp}.gslb.shop.example.", "answers": 2, "probe": "tcp:8000",
@@ -162,6 +164,10 @@ def test_load_then_death_moves_the_answer(private):
     stop(private["n1"])
     dead = wait_answer(lambda a: not a, "127.100.5.0/24")
     assert status(dead) == "SERVFAIL"  # nothing alive: no answer rather than a dead edge
+    # ... unless the policy says to answer them all then (Route 53's rule): by region.
+    east, north = ask("127.100.5.0/24", name=OPEN_NAME), ask("127.101.5.0/24", name=OPEN_NAME)
+    assert status(east) == "NOERROR" and answers(east) in ([E1], [E2]), east
+    assert status(north) == "NOERROR" and answers(north) == [N1], north
 
 
 EAST = {"127.10.0.10", "127.10.0.11", "127.10.0.14", "127.10.0.15"}  # on both gateways

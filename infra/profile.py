@@ -38,8 +38,16 @@ def py_spy() -> str:
 
 
 def host_pid(launcher: Launcher, name: str) -> tuple[int, str]:
-    """The process serving ``name`` and where it runs ("process" or "docker")."""
-    launcher.topology.host(name)  # an unknown host is a clear error, not an empty graph
+    """The process serving ``name`` (a host, or a process that several hosts share, as
+    ``bench.chain`` names them: ``orders-1``, ``dns``) and where it runs ("process" or
+    "docker")."""
+    topology = launcher.topology
+    if name not in {h.name for h in topology.hosts}:
+        shared = [h.name for h in topology.hosts if h.group == name]
+        if not shared:  # a clear error, not a traceback or an empty graph
+            known = sorted({h.name for h in topology.hosts} | {h.group for h in topology.hosts})
+            raise SystemExit(f"profile: no host or process {name!r}; one of: {', '.join(known)}")
+        name = shared[0]  # any of its hosts: they are one process
     record = launcher.running().get(name)
     if record is not None:
         return record.pid, "process"

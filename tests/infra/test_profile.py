@@ -49,6 +49,7 @@ def test_profile_draws_a_flame_graph_of_a_live_host(tmp_path):
 def test_profile_of_an_unknown_or_stopped_host_says_so(tmp_path):
     env = one_host_env(tmp_path, PROFILED)
     unknown = d11("profile", "no-such-host", "--seconds", "1", env=env, check=False)
-    assert unknown.returncode != 0 and "no-such-host" in unknown.stderr
+    assert unknown.returncode != 0 and "no host or process 'no-such-host'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr and "profiled-controller" in unknown.stderr
     stopped = d11("profile", "profiled-controller", "--seconds", "1", env=env, check=False)
     assert stopped.returncode != 0 and "not running" in stopped.stderr

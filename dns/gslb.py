@@ -375,17 +375,14 @@ class Gslb:
 
     def _edges(self, svc: Edges, region: str) -> list[Target]:
         alive = [t for t in svc.edges if t.healthy]
+        overload = svc.overload
         if not alive:
             if not svc.answer_all_when_down:
                 return []
-            # Their loads are unknown (a dead edge reports none): by region alone.
-            for candidate in self._regions(region):
-                here = [t for t in svc.edges if t.region == candidate]
-                if here:
-                    return here[: svc.answers]
-            return svc.edges[: svc.answers]
+            # Every edge, by region alone: a dead edge's load is unknown, not high.
+            alive, overload = list(svc.edges), float("inf")
         for candidate in self._regions(region):
-            here = [t for t in alive if t.region == candidate and t.load < svc.overload]
+            here = [t for t in alive if t.region == candidate and t.load < overload]
             if here:
                 here.sort(key=lambda t: t.load)
                 return here[: svc.answers]

@@ -174,6 +174,29 @@ def phone(t: Topology) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def boost() -> dict[str, Any]:
+    """The startup CPU boost (infra/boost.py): the engine's socket, no network."""
+    return {
+        "<<": "*service",
+        "entrypoint": ["python", "-m", "infra.boost"],
+        "environment": {
+            "D11_SERVICE": "boost",
+            "D11_ADDRESS": "127.0.0.1",  # its health check's, on its own loopback
+            "D11_PORT": "9000",
+            "OTEL_SDK_DISABLED": "true",  # no network: nothing to export to
+        },
+        "network_mode": "none",
+        # Root for the engine's socket (root:docker 0660), which is root's power on this
+        # machine: a lab's trade, as any container given the socket (Portainer, Traefik).
+        "user": "root",
+        "volumes": ["/var/run/docker.sock:/var/run/docker.sock"],
+        "healthcheck": {
+            "test": ["CMD", "python", "-S", "infra/healthcheck.py", "http"],
+            "interval": "10s", "timeout": "3s", "retries": 3, "start_period": "10s",
+        },
+    }  # fmt: skip
+
+
 class _Dumper(yaml.SafeDumper):
     """Short all-scalar collections on one line ({ipv4_address: ...}, [CMD, ...]), the
     rest (environments) one entry per line, as people write compose files."""
@@ -194,6 +217,7 @@ _Dumper.add_representer(list, _Dumper.represent_list)
 def render(t: Topology) -> str:
     services = {h.name: service(t, h) for h in t.hosts}
     services["phone"] = phone(t)
+    services["boost"] = boost()
     doc = {
         "x-service": {
             "build": {

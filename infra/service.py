@@ -64,7 +64,12 @@ def bind_socket(address: str, port: int, kind: int = socket.SOCK_STREAM) -> sock
 
 
 class Component(Protocol):
-    """Something a service starts and stops: a listener, a background task, a client pool."""
+    """Something a service starts and stops: a listener, a background task, a client pool.
+
+    A component may also define ``async def warm(self) -> None``: work that can wait until
+    the host is ready (a schema to compile, say). It runs as a background task once every
+    component has started, so a restart is ready (and healthy) without paying for it first.
+    """
 
     async def start(self) -> None: ...
 
@@ -182,7 +187,10 @@ async def _serve(hosts: list[tuple[Context, Builder]], grace: float) -> None:
             s = ctx.settings
             log.info("ready", extra={"host": s.name, "role": s.role, "address": s.address,
                                      "port": s.port})  # fmt: skip
+        warming = [asyncio.create_task(c.warm()) for c in started if hasattr(c, "warm")]
         await stop.wait()
+        for task in warming:
+            task.cancel()
         log.info("draining", extra={"grace_s": grace})
         for ctx, _ in hosts:
             ctx.draining = True

@@ -10,6 +10,7 @@ the SOAP header (``traceparent``, ``timeoutMs``).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -230,13 +231,21 @@ class Client(BalancedClient):
         self._ready: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        # zeep reads and compiles the WSDL synchronously (half a second): off the event loop
-        # and off the start-up path, so a restarted controller serves before it is done.
-        self._ready = asyncio.create_task(self._compile())
+        pass  # the WSDL is compiled by warm(), once the controller is ready, or at first use
+
+    async def warm(self) -> None:
+        await self._compiled()
+
+    def _compiled(self) -> asyncio.Task[None]:
+        # zeep's import and its WSDL compile cost ~0.6 s of CPU: in a worker thread, and
+        # after the host is ready, so a restarted controller serves gRPC and Dubbo orders
+        # (and answers its health check) before it is done; SOAP calls wait for it.
+        if self._ready is None:
+            self._ready = asyncio.create_task(self._compile())
+        return self._ready
 
     async def _compile(self) -> None:
-        import zeep
-
+        zeep = await asyncio.to_thread(importlib.import_module, "zeep")
         self.transport = pool_transport(self.timeout)
         self.client = await asyncio.to_thread(zeep.AsyncClient, str(WSDL),
                                               transport=self.transport)  # fmt: skip
@@ -266,8 +275,7 @@ class Client(BalancedClient):
         attributes = {"rpc.system": "soap", "rpc.service": "OrderService", "rpc.method": method,
                       "server.address": endpoint}  # fmt: skip
         with client_span(f"OrderService/{method}", attributes) as (span, carrier):
-            if self._ready is not None:
-                await asyncio.shield(self._ready)  # the WSDL, compiled once
+            await asyncio.shield(self._compiled())  # the WSDL, compiled once
             operation = getattr(self._service(endpoint), method)
             headers: dict[str, Any] = {"timeoutMs": max(1, int(timeout * 1000))}
             if "traceparent" in carrier:

@@ -48,7 +48,7 @@ def test_every_host_has_its_container(compose: dict, docker_topology: topo.Topol
     process = topo.load(mode="process")
     services = compose["services"]
     assert {h.name for h in process.hosts} <= set(services)
-    assert {h.name for h in docker_topology.hosts} | {"phone"} == set(services)
+    assert {h.name for h in docker_topology.hosts} | {"phone", "boost"} == set(services)
     for host in docker_topology.hosts:
         s = services[host.name]
         env = s["environment"]
@@ -73,7 +73,7 @@ def test_no_address_is_held_twice(compose: dict) -> None:
     resolver's address once made that resolver unreachable."""
     held: dict[str, str] = {}
     for name, s in compose["services"].items():
-        addresses = [spec["ipv4_address"] for spec in s["networks"].values()]
+        addresses = [spec["ipv4_address"] for spec in s.get("networks", {}).values()]
         aliases = str(s["environment"].get("D11_NAT_PUBLIC", "")).split(",")
         for address in {*addresses, *filter(None, aliases)}:
             other = held.setdefault(address, name)
@@ -94,6 +94,13 @@ def test_networks_are_benchmarking_or_test_net(compose: dict) -> None:
     for name, net in compose["networks"].items():
         subnet = ipaddress.ip_network(net["ipam"]["config"][0]["subnet"])
         assert any(subnet.subnet_of(a) for a in allowed), (name, subnet)
+
+
+def test_the_booster_has_the_engine_and_no_network(compose: dict) -> None:
+    boost = compose["services"]["boost"]
+    assert boost["network_mode"] == "none" and "networks" not in boost
+    assert boost["volumes"] == ["/var/run/docker.sock:/var/run/docker.sock"]
+    assert boost["entrypoint"] == ["python", "-m", "infra.boost"]
 
 
 def test_phone_uses_our_resolver(compose: dict, docker_topology: topo.Topology) -> None:

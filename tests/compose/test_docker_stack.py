@@ -16,9 +16,11 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -587,6 +589,48 @@ def test_the_north_site_down_sends_its_phones_east_and_back(lab: None) -> None:
         assert w["served"].get("north>north", 0) == 0 and w["served"].get("north>east"), w
     for w in after:
         assert w["served"].get("north>north", 0) > w["served"].get("north>east", 0), w
+
+
+def cpu_weight(service: str) -> int:
+    """The weight the kernel gives the container now (cgroup v1's cpu.shares, or v2's
+    cpu.weight), -1 while it is down."""
+    cid = docker("inspect", "-f", "{{.Id}}", container(service)).strip()
+    for path in (f"/sys/fs/cgroup/cpu/docker/{cid}/cpu.shares",
+                 f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.weight",
+                 f"/sys/fs/cgroup/docker/{cid}/cpu.weight"):  # fmt: skip
+        try:
+            return int(Path(path).read_text())
+        except OSError:
+            continue
+    return -1
+
+
+def kernel_weight(shares: int) -> int:
+    """Docker's shares as the kernel holds them: as they are on cgroup v1, mapped onto
+    cpu.weight (1-10000) on v2 as runc maps them."""
+    if Path("/sys/fs/cgroup/cpu").is_dir():
+        return shares
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def test_a_restarting_container_is_boosted_then_put_back(lab: None) -> None:
+    """infra/boost.py: a container the engine restarts runs its start at 32 times the
+    default CPU weight, and has its own weight back a few seconds after it started."""
+    service = "cdn-edge-east"
+    assert cpu_weight(service) == kernel_weight(1024)
+    pid = docker("inspect", "-f", "{{.State.Pid}}", container(service)).strip()
+    os.kill(int(pid), signal.SIGKILL)
+    seen: list[int] = []
+    deadline = time.monotonic() + 20
+    boosted, own = kernel_weight(32768), kernel_weight(1024)
+    while time.monotonic() < deadline and not (boosted in seen and seen[-1] == own):
+        seen.append(cpu_weight(service))
+        time.sleep(0.2)
+    assert boosted in seen, seen
+    assert seen[-1] == own, seen  # put back, within D11_BOOST_SECONDS of the start
+    assert docker("inspect", "-f", "{{.State.Running}}", container(service)).strip() == "true"
+    # The phones' own weight (128: they yield) is never raised.
+    assert cpu_weight("phone") == kernel_weight(128)
 
 
 def test_chaos_in_containers_fails_almost_no_visit(lab: None) -> None:

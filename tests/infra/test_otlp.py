@@ -188,3 +188,56 @@ def test_endpoint_resolution() -> None:
     assert endpoint({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"}) == "http://c:4318/v1/traces"
     with pytest.raises(ValueError):
         SpanExporterHTTP({"OTEL_EXPORTER_OTLP_ENDPOINT": "grpc://c:4317"})
+
+
+def _spans_of_every_shape() -> list:
+    """Finished spans with every field the encoders write: kinds, parents local and remote,
+    trace state, every attribute type, events, links, error status, two resources and two
+    scopes (instrumentation libraries)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+    from opentelemetry.trace.span import TraceState
+
+    memory = InMemorySpanExporter()
+    for name in ("controller-1", "order-grpc"):
+        provider = TracerProvider(resource=Resource.create({"service.name": name, "n": 1}))
+        provider.add_span_processor(SimpleSpanProcessor(memory))
+        for scope in ("d11", "aiohttp"):
+            tracer = provider.get_tracer(scope, "1.2.3")
+            remote = SpanContext(0x0123456789ABCDEF0123456789ABCDEF, 0x1122334455667788, True,
+                                 TraceFlags(1), TraceState([("d11", "a"), ("k", "v")]))  # fmt: skip
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
+            with tracer.start_as_current_span(
+                "POST /api/v1/orders", context=parent, kind=SpanKind.SERVER,
+                attributes={"s": "sé", "empty": "", "b": True, "f": False, "i": -7, "zero": 0,
+                            "big": 2**62, "x": 0.25, "strs": ["a", "b"], "ints": [1, -2]},
+                links=[Link(remote, {"why": "retry"})],
+            ) as span:  # fmt: skip
+                span.add_event("reserved", {"units": 3})
+                span.add_event("plain")
+                with tracer.start_as_current_span("Reserve", kind=SpanKind.CLIENT) as child:
+                    child.set_status(Status(StatusCode.ERROR, "deadline exceeded"))
+                with tracer.start_as_current_span("ok") as child:
+                    child.set_status(Status(StatusCode.OK))
+    return list(memory.get_finished_spans())
+
+
+def test_our_wire_encoder_writes_what_the_sdk_encoder_writes() -> None:
+    """infra/otlp_wire.py against OpenTelemetry's own encoder: the same message, field by
+    field, for spans of every shape; and again with its caches warm."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from infra.otlp_wire import Encoder
+
+    spans = _spans_of_every_shape()
+    assert len(spans) == 12
+    expected = encode_spans(spans)
+    encoder = Encoder()
+    for _ in range(2):
+        ours = ExportTraceServiceRequest.FromString(encoder.request(spans))
+        assert ours == expected
+    assert len(ours.resource_spans) == 2 and len(ours.resource_spans[0].scope_spans) == 2
+    # A batch of one span of each resource, in the other order.
+    ours = ExportTraceServiceRequest.FromString(encoder.request([spans[-1], spans[0]]))
+    assert ours == encode_spans([spans[-1], spans[0]])

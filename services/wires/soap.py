@@ -237,7 +237,7 @@ class Client(BalancedClient):
         await self._compiled()
 
     def _compiled(self) -> asyncio.Task[None]:
-        # zeep's import and its WSDL compile cost ~0.6 s of CPU: in a worker thread, and
+        # zeep's import and its WSDL compile cost ~0.3 s of CPU: in worker threads, and
         # after the host is ready, so a restarted controller serves gRPC and Dubbo orders
         # (and answers its health check) before it is done; SOAP calls wait for it.
         if self._ready is None:

@@ -25,6 +25,7 @@ import itertools
 import json
 import os
 import random
+import signal
 import sys
 import time
 from collections import Counter, defaultdict
@@ -48,6 +49,9 @@ STEPS = ("dns", "tls", "item", "cdn", "order", "read")
 
 
 ADMIN_PATIENCE_S = 20.0
+# A visit's attempts and retries take seconds; one still running this long after the run's
+# --duration is stuck (a run once waited on one for minutes), and is cut off.
+STRAGGLER_S = 60.0
 # Visit outcomes that are not failures: an order, a clean "sold out", a browse.
 SUCCESSES = frozenset({"ok", "sold-out", "browse"})
 SETTLE_S = 15.0
@@ -188,6 +192,17 @@ class Run:
 
     # -- driving ------------------------------------------------------------------------------
     async def drive(self, phones: list[Phone]) -> None:
+        """The visits, bounded in time whatever a phone does: a visit still running
+        STRAGGLER_S after --duration is cut off and counted as failed ("unfinished")."""
+        try:
+            async with asyncio.timeout(self.args.duration + STRAGGLER_S):
+                await self._drive(phones)
+        except TimeoutError:
+            cut = sum(j.outcome == "unfinished" for j in self.journeys)
+            print(f"load: {cut} visit(s) still running {STRAGGLER_S:.0f} s after --duration;"
+                  " cut off and counted as failed", file=sys.stderr)  # fmt: skip
+
+    async def _drive(self, phones: list[Phone]) -> None:
         a = self.args
         deadline = time.monotonic() + a.duration
         self.started = time.monotonic()
@@ -224,11 +239,15 @@ class Run:
         self.in_flight += 1
         try:
             await phone.purchase(journey, order=order)
+        except asyncio.CancelledError:  # drive()'s bound
+            journey.outcome = "unfinished"
+            journey.error = f"still running {STRAGGLER_S:.0f} s after the run's --duration"
+            raise
         finally:
             self.in_flight -= 1
-        journey.due = due - self.started
-        journey.total = time.monotonic() - due  # from when it was due: queueing counts
-        self.journeys.append(journey)
+            journey.due = due - self.started
+            journey.total = time.monotonic() - due  # from when it was due: queueing counts
+            self.journeys.append(journey)
 
     def live(self) -> Table:
         elapsed = max(time.monotonic() - self.started, 1e-6)
@@ -497,7 +516,15 @@ def print_report(r: dict, console: Console) -> None:
         console.print(f"sample order {sample['order_id']}: {see(sample['trace_id'])}")
 
 
+def dump_tasks() -> None:
+    """SIGUSR1: every task's stack on stderr, for a load that seems stuck (`kill -USR1`)."""
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=12, file=sys.stderr)
+    sys.stderr.flush()
+
+
 async def main_async(args: argparse.Namespace) -> int:
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
     report = await execute(args)
     report.pop("journeys")
     if args.json:

@@ -652,10 +652,9 @@ def test_chaos_in_containers_fails_almost_no_visit(lab: None) -> None:
     kills = [f for f in report["faults"] if "skipped" not in f]
     assert len(kills) >= 4, report["faults"]
     assert report["all_back"], report["faults"]
-    # Back to healthy at half load: 1.2-2.5 s here (the engine's restart 0.6-1.2 s of it,
-    # the service's start 0.4-1 s); #19's bound is 3 s. This ceiling catches a restart
-    # gone wrong on a slower machine, not the bound.
-    assert max(f["healthy_after_s"] for f in kills) <= 5.0, report["faults"]
+    # Back to healthy at half load: 0.8-2.2 s here with the startup boost (1.2-2.5 s
+    # before it); #19's bound is 3 s, and the ceiling leaves a slower machine half a second.
+    assert max(f["healthy_after_s"] for f in kills) <= 3.5, report["faults"]
     assert report["audit"]["passed"], report["audit"]
     assert report["visits"] > 500, report["visits"]  # the offered 30/s for 24 s, near enough
     assert report["failed_share"] <= 0.005, (report["outcomes"], report["windows"])

@@ -52,6 +52,7 @@ ADMIN_PATIENCE_S = 20.0
 # A visit's attempts and retries take seconds; one still running this long after the run's
 # --duration is stuck (a run once waited on one for minutes), and is cut off.
 STRAGGLER_S = 60.0
+RUN_OVERHEAD_S = 300.0  # the set-up and the audit, on top of the visits
 # Visit outcomes that are not failures: an order, a clean "sold out", a browse.
 SUCCESSES = frozenset({"ok", "sold-out", "browse"})
 SETTLE_S = 15.0
@@ -517,15 +518,43 @@ def print_report(r: dict, console: Console) -> None:
 
 
 def dump_tasks() -> None:
-    """SIGUSR1: every task's stack on stderr, for a load that seems stuck (`kill -USR1`)."""
+    """SIGUSR1: where every task waits, on stderr, for a load that seems stuck (`kill
+    -USR1`). The chain of awaits down to the innermost one (a task's own stack shows only
+    its outermost coroutine)."""
     for task in asyncio.all_tasks():
-        task.print_stack(limit=12, file=sys.stderr)
+        print(f"task {task.get_name()}:", file=sys.stderr)
+        coro: Any = task.get_coro()
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is not None:
+                code = frame.f_code
+                print(f"  {code.co_filename}:{frame.f_lineno} {code.co_name}", file=sys.stderr)
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
     sys.stderr.flush()
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
-    report = await execute(args)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+    # The whole run is bounded too (the set-up and the audit retry for a while): past the
+    # bound it prints where each task waits and gives up, rather than hanging its caller.
+    limit = args.duration + STRAGGLER_S + RUN_OVERHEAD_S
+    main = asyncio.current_task()
+    assert main is not None
+
+    def give_up() -> None:
+        print(f"load: still running {limit:.0f} s after it began; its tasks:", file=sys.stderr)
+        dump_tasks()
+        main.cancel()
+
+    timer = loop.call_later(limit, give_up)
+    try:
+        report = await execute(args)
+    except asyncio.CancelledError:
+        print(f"load: gave up after {limit:.0f} s", file=sys.stderr)
+        return 2
+    finally:
+        timer.cancel()
     report.pop("journeys")
     if args.json:
         print(json.dumps(report, indent=2))

@@ -47,3 +47,24 @@ def test_a_stuck_visit_is_cut_off_and_counted(monkeypatch: pytest.MonkeyPatch, r
     assert run.in_flight == 0
     stuck = next(j for j in run.journeys if j.outcome == "unfinished")
     assert "after the run's --duration" in stuck.error and stuck.total >= 1.0
+
+
+def test_a_stuck_run_gives_up_and_says_where_it_waits(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Past --duration + STRAGGLER_S + RUN_OVERHEAD_S the whole run (set-up and audit
+    included) prints each task's stack and exits, rather than hanging its caller."""
+
+    async def stuck_in_the_audit(args: object) -> dict:
+        await asyncio.Event().wait()
+        return {}
+
+    monkeypatch.setattr(load, "execute", stuck_in_the_audit)
+    monkeypatch.setattr(load, "STRAGGLER_S", 0.1)
+    monkeypatch.setattr(load, "RUN_OVERHEAD_S", 0.3)
+    args = load.parser().parse_args(["--duration", "0.1", "--json"])
+    started = time.monotonic()
+    assert asyncio.run(asyncio.wait_for(load.main_async(args), 5)) == 2
+    assert time.monotonic() - started < 3.0
+    err = capsys.readouterr().err
+    assert "stuck_in_the_audit" in err and "gave up after 0 s" in err

@@ -222,18 +222,20 @@ def container_pid(container_id: str) -> int | None:
     return pids[0] if pids else None
 
 
-def listening(pid: int, port: int) -> bool:
-    """Whether a TCP socket listens on ``port`` in the network namespace of ``pid``: a read
-    of /proc, where a health check costs an interpreter's start. A restarting service is
-    looked at this way every 50 ms and checked for real once it listens."""
-    for table in ("tcp", "tcp6"):
+def listening(pid: int, port: int, *, udp: bool = False) -> bool:
+    """Whether a TCP socket listens (or, with ``udp``, a UDP socket is bound) on ``port`` in
+    the network namespace of ``pid``: a read of /proc, where a health check costs an
+    interpreter's start. A restarting service is looked at this way every 50 ms and checked
+    for real once it listens."""
+    wanted = "07" if udp else "0A"  # the kernel's TCP_CLOSE (an unconnected UDP socket), LISTEN
+    for table in ("udp", "udp6") if udp else ("tcp", "tcp6"):
         try:
             rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
         except OSError:
             continue
         for row in rows:
             local, state = row.split()[1], row.split()[3]
-            if state == "0A" and int(local.rpartition(":")[2], 16) == port:  # 0A: LISTEN
+            if state == wanted and int(local.rpartition(":")[2], 16) == port:
                 return True
     return False
 
@@ -313,7 +315,8 @@ class Docker:
             if pid is None:
                 return False
             host = self.topology.host(service)
-            if host.protocol not in ("dns", "nat") and not listening(pid, host.port):
+            if host.protocol != "nat" and not listening(pid, host.port,
+                                                        udp=host.protocol == "dns"):  # fmt: skip
                 return False
             _python, flag, script, *rest = self.tests[service]
             target = script if flag == "-m" else str(ROOT / script)  # a module, or a file

@@ -260,13 +260,15 @@ class Docker:
         self.tests: dict[str, list[str]] = {}
         self.envs: dict[str, dict[str, str]] = {}
 
-    async def _docker(self, *argv: str, check: bool = True) -> str:
+    async def _docker(self, *argv: str, check: bool = True, stderr: bool = False) -> str:
+        """``docker ARGV``'s output; ``stderr``: the command's stderr goes to ours."""
         process = await asyncio.create_subprocess_exec(
-            "docker", *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
+            "docker", *argv, stdout=asyncio.subprocess.PIPE,
+            stderr=None if stderr else asyncio.subprocess.PIPE)  # fmt: skip
         out, err = await process.communicate()
         if check and process.returncode != 0:
-            raise RuntimeError(f"docker {' '.join(argv[:3])}: {err.decode().strip()}")
+            said = err.decode().strip() if err else f"exit {process.returncode}"
+            raise RuntimeError(f"docker {' '.join(argv[:3])}: {said}")
         return out.decode()
 
     async def container(self, service: str) -> str:
@@ -345,10 +347,11 @@ class Docker:
 
     async def load(self, args: argparse.Namespace) -> dict[str, Any]:
         # Niced as in process mode: the phones are the outside world, not the data centre.
-        # A failed audit exits 1 with its report: the report is what counts.
+        # A failed audit exits 1 with its report: the report is what counts. Its stderr
+        # (visits cut off, a run given up and where it waited) is the user's to see.
         out = await self._docker("exec", await self.container("phone"), "nice", "-n",
                                  str(PHONE_NICENESS), "python", "-m", "infra", "load",
-                                 *load_argv(args), check=False)  # fmt: skip
+                                 *load_argv(args), check=False, stderr=True)  # fmt: skip
         if not out.strip():
             raise RuntimeError("the phone container's ./d11 load printed no report")
         return json.loads(out)

@@ -75,10 +75,15 @@ def _key_value(key: str, value: Any) -> bytes:
 class Encoder:
     """Encodes batches of finished spans; keeps the bytes of what repeats between them."""
 
-    MAX_CACHED = 4096  # attribute pairs; cleared when full (ids and timestamps never enter)
+    # Attribute pairs kept; cleared when full, so pairs that never repeat (an order id, a
+    # client's address) cost a dict entry each and no more.
+    MAX_CACHED = 4096
 
     def __init__(self) -> None:
-        self._pairs: dict[tuple[str, type, Any], bytes] = {}
+        # (field key, attribute key, value's type, value) -> the encoded field: the same
+        # pair is written under a different field number in a span, an event, a link, a
+        # resource and a scope. The type keeps True apart from 1.
+        self._pairs: dict[tuple[int, str, type, Any], bytes] = {}
         self._resources: dict[int, tuple[Any, bytes]] = {}
         self._scopes: dict[int, tuple[Any, bytes]] = {}
 
@@ -90,13 +95,12 @@ class Encoder:
         pairs = self._pairs
         for key, value in attributes.items():
             if isinstance(value, str | bool | int | float):
-                cached = pairs.get((key, type(value), value))
+                pair = (key_number, key, type(value), value)
+                cached = pairs.get(pair)
                 if cached is None:
                     if len(pairs) >= self.MAX_CACHED:
                         pairs.clear()
-                    cached = pairs[(key, type(value), value)] = _field(
-                        key_number, _key_value(key, value)
-                    )
+                    cached = pairs[pair] = _field(key_number, _key_value(key, value))
                 out.append(cached)
             else:
                 out.append(_field(key_number, _key_value(key, value)))

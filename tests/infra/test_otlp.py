@@ -214,6 +214,8 @@ def _spans_of_every_shape() -> list:
                             "big": 2**62, "x": 0.25, "strs": ["a", "b"], "ints": [1, -2]},
                 links=[Link(remote, {"why": "retry"})],
             ) as span:  # fmt: skip
+                # The same pair on the span and on its event (each under its own field).
+                span.set_attribute("units", 3)
                 span.add_event("reserved", {"units": 3})
                 span.add_event("plain")
                 with tracer.start_as_current_span("Reserve", kind=SpanKind.CLIENT) as child:

@@ -401,12 +401,19 @@ def cmd_docker(args: argparse.Namespace, rest: list[str]) -> int:
     return docker_main(rest)
 
 
+def cmd_swarm(args: argparse.Namespace, rest: list[str]) -> int:
+    from infra.swarm import main as swarm_main
+
+    return swarm_main(rest)
+
+
 PASSTHROUGH = (
     ("load", "drive a flash sale with simulated phones, then audit it (see --help)", cmd_load),
     ("chaos", "kill or hang processes during a load; report failures and recovery", cmd_chaos),
     ("compose", "render compose.yaml and docker/ from the topology (--check)", cmd_compose),
     ("k8s", "render the Kubernetes manifests (k8s/base) from the topology (--check)", cmd_k8s),
     ("docker", "Docker mode where no registry answers: build, up, down, compose", cmd_docker),
+    ("swarm", "the lab on a multi-node Docker Swarm (Docker in Docker): up, load, down", cmd_swarm),
 )
 
 

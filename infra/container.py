@@ -11,6 +11,8 @@ view of the topology (``D11_MODE=docker``), and before the service starts:
   an all-zeros FDB entry per peer for what little is flooded.
 * **Routes through the NAT.** A host on the underlay alone reaches the internet network
   through the NAT gateway's private leg (replies to DNATed clients, and VPC hosts going out).
+* **Swarm** (``D11_FABRIC``): the lab's networks themselves are built first, over Swarm's
+  overlay (infra/fabric.py), since Swarm cannot give a task a fixed address.
 * **Phones.** The phone container holds one address block per ISP/region on its internet
   leg, so the GSLBs place each simulated phone by its own source address.
 
@@ -26,6 +28,7 @@ import json
 import os
 import pwd
 import runpy
+import stat
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterable
@@ -35,6 +38,7 @@ from infra.topology import Host, Topology, router_address
 from infra.zygote import name_process
 
 VXLAN_PORT = 4789
+TUN = "/dev/net/tun"
 RUN_AS = "d11"
 
 
@@ -241,6 +245,11 @@ def set_up(t: Topology, name: str) -> None:
         batch("ip", phone_commands(t))
         return
     host = t.host(name)
+    if host.role == "vpn" and not os.path.exists(TUN):
+        # Swarm passes no devices to a service; the engine's default device rules allow
+        # the TUN device (10:200), so wireguard-go's can be made here.
+        os.makedirs(os.path.dirname(TUN), exist_ok=True)
+        os.mknod(TUN, 0o666 | stat.S_IFCHR, os.makedev(10, 200))
     commands = nat_route(t, host) + border_routes(t, host)
     bridge: list[str] = []
     if host.vpc is not None:
@@ -265,6 +274,10 @@ def main(argv: list[str] | None = None) -> None:
     name = os.environ.get("D11_SERVICE", "")
     t = topo.load(mode="docker")
     if os.getuid() == 0:
+        if os.environ.get("D11_FABRIC"):  # Swarm: the lab's networks are ours to build
+            from infra import fabric
+
+            fabric.set_up(t, name)
         set_up(t, name)
     if name == "phone":
         command, role = argv or ["sleep", "infinity"], "phone"

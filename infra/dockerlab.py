@@ -40,8 +40,8 @@ class DockerError(RuntimeError):
     pass
 
 
-def say(message: str) -> None:
-    print(f"d11 docker: {message}", file=sys.stderr, flush=True)
+def say(message: str, who: str = "docker") -> None:
+    print(f"d11 {who}: {message}", file=sys.stderr, flush=True)
 
 
 def quiet(*argv: str, timeout: float = 60) -> bool:

@@ -1,0 +1,226 @@
+"""The lab's networks over a Docker Swarm overlay (``./d11 swarm``): each container builds
+its own L2 segments, one kernel VXLAN device per lab network it is on, with the fixed
+addresses of the topology on them.
+
+Swarm gives a service's task an address of its own choosing on an overlay network, and no
+way to fix it (``ipv4_address`` is a Compose-only setting). The lab's hosts live by fixed
+addresses: zone files, GSLB policies, routes and the VPCs' VXLAN peers name them. So in
+Swarm mode the overlay (``fabric``) is only the underlay of the lab's own networks:
+
+* a host on lab network N gets device ``f-N`` (VXLAN, VNI 1000 + N's index, UDP 4790) over
+  its fabric interface, holding its address of the topology (as Compose's bridge would);
+* its MAC is computed from the address (``vxlan_mac``), so every peer's neighbour entry is
+  static and no ARP is needed for a host's own address;
+* broadcasts (ARP for the phones' extra addresses) go to every peer's fabric address (an
+  all-zeros FDB entry each), learnt from the directory (below);
+* the device learns (``learning``): when a peer's task is started again, on another node
+  or not, its first frames teach everyone its new fabric address.
+
+The directory (``python -m infra.fabric``, the stack's ``fabric-directory``) is the
+fabric's control plane, as etcd is Flannel's: each host's watcher (a child process, as
+root) sends it a datagram with its name every 0.5 s until it knows all its peers, then
+every 5 s, and gets back every host's fabric address (the datagram's source) as JSON.
+Swarm's own DNS could not do it: it lists a task only once its health check passes, and
+a BGP router's health is its sessions, over this very fabric. A host that does not hear
+from the directory keeps what it knows.
+
+Packets of a VPC then cross three VXLANs: the VPC's (4789, over the lab underlay), the
+lab network's (4790, over the fabric) and Swarm's own (4789, between the nodes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import random
+import select
+import socket
+import time
+from typing import Any, cast
+
+from dnslib import QTYPE, DNSRecord
+
+from infra.container import batch, sh, vxlan_mac
+from infra.topology import Topology
+
+PORT = 4790
+VNI_BASE = 1000
+FABRIC = os.environ.get("D11_FABRIC_SUBNET", "203.0.113.0/24")
+DIRECTORY = "fabric-directory"
+DIRECTORY_PORT = 4791
+EAGER_EVERY_S, EVERY_S, FORGET_S = 0.5, 5.0, 60.0
+
+
+def members(t: Topology) -> dict[str, dict[str, str]]:
+    """Lab network → {host (a Swarm service name) → its address there}, the phone too."""
+    out: dict[str, dict[str, str]] = {net: {} for net in t.networks}
+    for host in t.hosts:
+        for net, address in host.addresses.items():
+            out.setdefault(net, {})[host.name] = address
+    for net, address in t.docker["phone"].items():
+        if net in t.networks:
+            out[net]["phone"] = address
+    return out
+
+
+def vni(t: Topology, net: str) -> int:
+    return VNI_BASE + list(t.networks).index(net)
+
+
+def device(net: str) -> str:
+    return f"f-{net}"[:15]
+
+
+def fabric_interface() -> tuple[str, str]:
+    """The interface on Swarm's overlay (the one address in the fabric subnet) and that address."""
+    subnet = ipaddress.IPv4Network(FABRIC)
+    for line in sh("ip", "-o", "-4", "addr", "show").splitlines():
+        fields = line.split()
+        address = fields[3].split("/")[0]
+        if ipaddress.IPv4Address(address) in subnet:
+            return fields[1], address
+    raise SystemExit(f"fabric: no interface on the Swarm overlay {FABRIC}")
+
+
+def resolve(names: list[str], server: str = "127.0.0.11", timeout: float = 1.0) -> dict[str, str]:
+    """Each name's task address (``tasks.<name>``) from Swarm's DNS in the container, all
+    asked at once on one socket: a name with no task yet is only missing, never waited on
+    longer than ``timeout`` (the engine forwards names it does not know upstream)."""
+    out: dict[str, str] = {}
+    pending: dict[int, str] = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for name in names:
+            query = DNSRecord.question(f"tasks.{name}", "A")
+            query.header.id = random.randrange(1 << 16)
+            pending[query.header.id] = name
+            sock.sendto(query.pack(), (server, 53))
+        deadline = time.monotonic() + timeout
+        while pending and (left := deadline - time.monotonic()) > 0:
+            if not select.select([sock], [], [], left)[0]:
+                break
+            try:
+                reply = DNSRecord.parse(sock.recv(4096))
+            except Exception:
+                continue
+            name = pending.pop(reply.header.id, None)
+            answers = [str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A]
+            if name and answers:
+                out[name] = answers[0]
+    return out
+
+
+def build(t: Topology, me: str) -> dict[str, str]:
+    """This host's lab devices, with static neighbours for every peer; returns the
+    devices by network."""
+    dev_fabric, local = fabric_interface()
+    mine = {net: peers[me] for net, peers in members(t).items() if me in peers}
+    commands = []
+    for net, address in mine.items():
+        dev, prefix = device(net), ipaddress.IPv4Network(t.networks[net]["subnet"]).prefixlen
+        commands += [
+            f"link add {dev} type vxlan id {vni(t, net)} local {local} dev {dev_fabric} "
+            f"dstport {PORT} learning",
+            f"link set {dev} address {vxlan_mac(vni(t, net), address)}",
+            f"addr add {address}/{prefix} dev {dev}",
+            f"link set {dev} up",
+        ]
+        for peer, peer_address in members(t)[net].items():
+            if peer != me:
+                mac = vxlan_mac(vni(t, net), peer_address)
+                commands.append(f"neigh replace {peer_address} lladdr {mac} dev {dev} "
+                                "nud permanent")  # fmt: skip
+    batch("ip", commands)
+    return {net: device(net) for net in mine}
+
+
+def ask(me: str, timeout: float = 1.0) -> dict[str, str]:
+    """Tell the directory this host is here; its answer: host → fabric address."""
+    where = resolve([DIRECTORY]).get(DIRECTORY)
+    if where is None:
+        return {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.sendto(me.encode(), (where, DIRECTORY_PORT))
+            table = json.loads(sock.recv(65535))
+        except (OSError, ValueError):
+            return {}
+    return {str(k): str(v) for k, v in table.items()} if isinstance(table, dict) else {}
+
+
+def flood(t: Topology, me: str, devices: dict[str, str], known: dict[str, str],
+          table: dict[str, str]) -> bool:  # fmt: skip
+    """Bring each device's flood list up to date with the peers' fabric addresses in
+    ``table``; ``known`` (peer → address in the flood lists) is updated in place. True
+    when every peer is known."""
+    wanted = sorted({p for net in devices for p in members(t)[net] if p != me})
+    commands = []
+    for peer in wanted:
+        now, before = table.get(peer), known.get(peer)
+        if now is None or now == before:
+            continue
+        for net, dev in devices.items():
+            if peer not in members(t)[net]:
+                continue
+            if before:
+                commands.append(f"fdb del 00:00:00:00:00:00 dev {dev} dst {before}")
+            commands.append(f"fdb append 00:00:00:00:00:00 dev {dev} dst {now}")
+        known[peer] = now
+    if commands:
+        sh("bridge", "-force", "-batch", "-", stdin="".join(f"{c}\n" for c in commands))
+    return all(p in known for p in wanted)
+
+
+def set_up(t: Topology, me: str) -> None:
+    """The lab devices now, and a watcher (a child process, as root) for the flood lists
+    for as long as the container runs."""
+    devices = build(t, me)
+    if os.fork() != 0:
+        return
+    os.setsid()
+    known: dict[str, str] = {}
+    while True:
+        complete = False
+        try:
+            complete = flood(t, me, devices, known, ask(me))
+        except SystemExit as exc:  # a failed bridge command: try again next round
+            print(f"fabric: {exc}", flush=True)
+        time.sleep(EVERY_S if complete else EAGER_EVERY_S)
+
+
+class Directory(asyncio.DatagramProtocol):
+    """Host name in, every host's fabric address out (entries not heard from for a minute
+    are dropped: their task is gone)."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, tuple[str, float]] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        name = data.decode(errors="replace").strip()
+        if not name or len(name) > 64 or not name.isprintable() or self.transport is None:
+            return
+        now = time.monotonic()
+        self.hosts[name] = (str(addr[0]), now)
+        self.hosts = {k: v for k, v in self.hosts.items() if now - v[1] < FORGET_S}
+        table = {k: v[0] for k, v in self.hosts.items()}
+        self.transport.sendto(json.dumps(table).encode(), addr)
+
+
+async def serve_directory(port: int = DIRECTORY_PORT) -> None:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(Directory, local_addr=("0.0.0.0", port))
+    print(f"fabric: directory on UDP {port}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        transport.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(serve_directory())

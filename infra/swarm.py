@@ -342,16 +342,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["render"]:
         return render_command("swarm render", __doc__ or "", rendered, argv[1:])
+    if argv[:1] == ["load"]:  # every argument is the load's own (--help included)
+        try:
+            return load(argv[1:])
+        except DockerError as exc:
+            say(str(exc), "swarm")
+            return 1
     p = argparse.ArgumentParser(prog="d11 swarm", description=(__doc__ or "").split("\n")[0])
-    p.add_argument("action", choices=["up", "load", "status", "down", "render"])
+    p.add_argument("action", choices=["up", "load", "status", "down", "render"],
+                   help="load ARGS: ./d11 load ARGS in the phone's task; render [--check]")
     p.add_argument("--nodes", type=int, default=3, help="up: how many nodes (2 or more)")
-    a, rest = p.parse_known_args(argv)
+    a = p.parse_args(argv)
     try:
         if a.action == "up":
             ensure_engine()
             up(a.nodes)
-        elif a.action == "load":
-            return load(rest)
         elif a.action == "status":
             status()
         else:

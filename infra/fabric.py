@@ -10,9 +10,10 @@ Swarm mode the overlay (``fabric``) is only the underlay of the lab's own networ
 * a host on lab network N gets device ``f-N`` (VXLAN, VNI 1000 + N's index, UDP 4790) over
   its fabric interface, holding its address of the topology (as Compose's bridge would);
 * its MAC is computed from the address (``vxlan_mac``), so every peer's neighbour entry is
-  static and no ARP is needed for a host's own address;
-* broadcasts (ARP for the phones' extra addresses) go to every peer's fabric address (an
-  all-zeros FDB entry each), learnt from the directory (below);
+  static, for the host's address and the others it holds there (the phones' blocks, a
+  NAT's public addresses): no ARP crosses the fabric;
+* what little is broadcast goes to every peer's fabric address (an all-zeros FDB entry
+  each), learnt from the directory (below);
 * the device learns (``learning``): when a peer's task is started again, on another node
   or not, its first frames teach everyone its new fabric address.
 
@@ -62,6 +63,32 @@ def members(t: Topology) -> dict[str, dict[str, str]]:
     for net, address in t.docker["phone"].items():
         if net in t.networks:
             out[net]["phone"] = address
+    return out
+
+
+def extra_addresses(t: Topology) -> dict[str, dict[str, list[str]]]:
+    """Lab network → {host → the addresses it holds there besides its own}: the phones'
+    blocks, a NAT's public addresses, a host's aliases. Every peer gets static neighbours
+    for them too, so no ARP crosses the fabric even for these (a first flash sale after
+    the deploy otherwise starts with a broadcast for each of 128 phones at every server)."""
+    out: dict[str, dict[str, list[str]]] = {net: {} for net in t.networks}
+    nets = {net: ipaddress.IPv4Network(spec["subnet"]) for net, spec in t.networks.items()}
+
+    def place(host: str, held: list[str], addresses: list[str]) -> None:
+        for a in addresses:
+            for net in held:
+                if ipaddress.IPv4Address(a) in nets[net]:
+                    out[net].setdefault(host, []).append(a)
+
+    phone = t.docker["phone"]
+    blocks = [str(a) for b in phone["places"].values() for a in ipaddress.IPv4Network(b).hosts()]
+    place("phone", [n for n in phone if n in nets], blocks)
+    for host in t.hosts:
+        env = t.environment(host)
+        listed = f"{env.get('D11_NAT_PUBLIC', '')},{env.get('D11_ADDRESS_ALIASES', '')}"
+        own = set(host.addresses.values())
+        held = [a.strip() for a in listed.split(",") if a.strip() and a.strip() not in own]
+        place(host.name, list(host.addresses), held)
     return out
 
 
@@ -126,11 +153,12 @@ def build(t: Topology, me: str) -> dict[str, str]:
             f"addr add {address}/{prefix} dev {dev}",
             f"link set {dev} up",
         ]
+        extra = extra_addresses(t)[net]
         for peer, peer_address in members(t)[net].items():
             if peer != me:
                 mac = vxlan_mac(vni(t, net), peer_address)
-                commands.append(f"neigh replace {peer_address} lladdr {mac} dev {dev} "
-                                "nud permanent")  # fmt: skip
+                for a in [peer_address, *extra.get(peer, [])]:
+                    commands.append(f"neigh replace {a} lladdr {mac} dev {dev} nud permanent")
     batch("ip", commands)
     return {net: device(net) for net in mine}
 

@@ -4,6 +4,7 @@ real UDP, without a Docker engine."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import socket
 
@@ -113,3 +114,14 @@ def test_the_directory_answers_every_host_it_has_heard_with_its_source_address()
     assert first == {"dns-root": "127.0.0.2"}
     assert second == {"dns-root": "127.0.0.2", "gateway": "127.0.0.3"}
     assert junk_ignored  # no answer, no entry, the directory still serving
+
+
+def test_peers_know_every_address_a_host_holds_without_arp() -> None:
+    extra = fabric.extra_addresses(T)
+    blocks = T.docker["phone"]["places"].values()
+    phones = {str(a) for b in blocks for a in ipaddress.IPv4Network(b).hosts()}
+    assert set(extra["internet"]["phone"]) == phones
+    for nat in T.by_role("nat"):
+        public = {a for a in T.environment(nat)["D11_NAT_PUBLIC"].split(",")}
+        (edge,) = [n for n in nat.addresses if n != "underlay"]
+        assert set(extra[edge][nat.name]) == public - {nat.addresses[edge]}

@@ -47,6 +47,7 @@ BRIDGE_SUBNET = "192.0.2.0/24"  # TEST-NET-1: the machines' own network
 FABRIC_SUBNET = "203.0.113.0/24"  # TEST-NET-3: Swarm's overlay, the lab networks' underlay
 REGISTRY = "192.0.2.11:5000"
 IMAGE = f"{REGISTRY}/double-11:latest"
+IMAGE_REF = f"${{D11_IMAGE:-{IMAGE}}}"  # on another swarm: D11_IMAGE=its registry's copy
 LABEL = "d11.swarm"
 PKI_TARGET = cmp.PKI_DIR
 D11_UID = "1111"  # the image's d11 user (Dockerfile)
@@ -104,7 +105,7 @@ def swarm_service(spec: dict[str, Any], where: str) -> dict[str, Any]:
     env["D11_FABRIC"] = "1"
     if "D11_PHONE_DEMO" in env:
         env["D11_PHONE_DEMO"] = "off"  # the load runs through `./d11 swarm load`
-    out: dict[str, Any] = {"image": IMAGE, "init": True, "hostname": spec["hostname"],
+    out: dict[str, Any] = {"image": IMAGE_REF, "init": True, "hostname": spec["hostname"],
                            "environment": env}  # fmt: skip
     if "dns" in spec:
         out["dns"] = spec["dns"]
@@ -134,7 +135,7 @@ def render(t: Topology) -> str:
     services = {h.name: swarm_service(cmp.service(t, h), part(t, h)) for h in t.hosts}
     services["phone"] = swarm_service(cmp.phone(t), "phones")
     services[fabric.DIRECTORY] = {
-        "image": IMAGE, "init": True, "entrypoint": ["python", "-m", "infra.fabric"],
+        "image": IMAGE_REF, "init": True, "entrypoint": ["python", "-m", "infra.fabric"],
         "networks": ["fabric"],
         "deploy": {"replicas": 1, "endpoint_mode": "dnsrr",
                    "placement": {"constraints": ["node.role == manager"]},

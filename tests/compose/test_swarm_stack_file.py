@@ -36,7 +36,7 @@ def test_every_host_is_one_placed_replica_on_the_fabric(stack: dict) -> None:
         assert deploy["replicas"] == 1, name
         assert deploy["restart_policy"]["condition"] == "any", name
         assert s["networks"] == ["fabric"], name  # no fixed address: Swarm has none
-        assert s["image"] == swarm.IMAGE, name
+        assert s["image"] == f"${{D11_IMAGE:-{swarm.IMAGE}}}", name
         if name == fabric.DIRECTORY:
             continue
         assert s["environment"]["D11_FABRIC"] == "1", name

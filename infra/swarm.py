@@ -20,6 +20,7 @@ removes the nodes with their volumes and the bridge, and with them everything in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import subprocess
@@ -329,11 +330,39 @@ def load(args: list[str]) -> int:
     return subprocess.run(command).returncode
 
 
+def tasks_on(node: str) -> list[str]:
+    label = f"label=com.docker.stack.namespace={STACK}"
+    return run("docker", "exec", node, "docker", "ps", "-q", "--filter", label, check=False).split()
+
+
+def inner_containers(node: str) -> list[str]:
+    out = run("docker", "exec", node, "docker", "ps", "-aq", "--no-trunc", check=False, timeout=60)
+    return out.split()
+
+
 def down() -> None:
+    """The nodes go, and with them everything inside; first each node's engine removes its
+    containers itself. A node shares the host's cgroup tree (``--cgroupns=host``), so a
+    container it did not remove would leave its cgroups behind on the host, one per
+    controller; any such leftovers are removed after."""
     ensure_engine()
     names = nodes()
+    if names:  # the stack first, or Swarm starts again what is removed under it
+        run("docker", "exec", names[0], "docker", "stack", "rm", STACK, check=False)
+        deadline = time.monotonic() + 60
+        while any(tasks_on(n) for n in names) and time.monotonic() < deadline:
+            time.sleep(1)
+    inner = {n: inner_containers(n) for n in names}
+    for name, ids in inner.items():
+        if ids:
+            run("docker", "exec", name, "docker", "rm", "-f", *ids, check=False, timeout=300)
     if names:
         run("docker", "rm", "-f", "-v", *names, timeout=300)
+    for ids in inner.values():
+        for cid in ids:
+            for group in Path("/sys/fs/cgroup").glob(f"*/docker/{cid}"):
+                with contextlib.suppress(OSError):  # busy, or gone with the node
+                    group.rmdir()
     if quiet("docker", "network", "inspect", BRIDGE):
         run("docker", "network", "rm", BRIDGE)
     say(f"removed {len(names)} nodes and {BRIDGE}", "swarm")

@@ -14,8 +14,9 @@ Swarm mode the overlay (``fabric``) is only the underlay of the lab's own networ
   NAT's public addresses): no ARP crosses the fabric;
 * what little is broadcast goes to every peer's fabric address (an all-zeros FDB entry
   each), learnt from the directory (below);
-* the device learns (``learning``): when a peer's task is started again, on another node
-  or not, its first frames teach everyone its new fabric address.
+* the device learns (``learning``) where each peer's MAC is; when the directory shows a
+  peer's task started again (a new fabric address, on another node or not), what was
+  learnt of it is dropped, so frames to it are flooded until its answer teaches anew.
 
 The directory (``python -m infra.fabric``, the stack's ``fabric-directory``) is the
 fabric's control plane, as etcd is Flannel's: each host's watcher (a child process, as
@@ -192,8 +193,10 @@ def flood(t: Topology, me: str, devices: dict[str, str], known: dict[str, str],
         for net, dev in devices.items():
             if peer not in members(t)[net]:
                 continue
-            if before:
+            if before:  # moved: and what was learnt of its MAC points at the old task
                 commands.append(f"fdb del 00:00:00:00:00:00 dev {dev} dst {before}")
+                mac = vxlan_mac(vni(t, net), members(t)[net][peer])
+                commands.append(f"fdb del {mac} dev {dev}")
             commands.append(f"fdb append 00:00:00:00:00:00 dev {dev} dst {now}")
         known[peer] = now
     if commands:

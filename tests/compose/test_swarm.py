@@ -7,6 +7,7 @@ leaving no container, network or volume behind."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -74,11 +75,28 @@ def test_tasks_spread_over_the_nodes_by_site_and_role(lab: None) -> None:
     assert where["north"] != where[T.main_site]
 
 
+def test_a_killed_task_comes_back_on_its_own(lab: None) -> None:
+    """A gateway's task killed: Swarm starts another (a new fabric address), which must
+    also be reachable again (the flash sale after this test goes through it)."""
+    victim = next(c for c in swarm.tasks() if c["service"] == "gateway-north")
+    swarm.on(int(victim["node"]), "docker", "kill", victim["id"])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        again = [c for c in swarm.tasks() if c["service"] == "gateway-north"
+                 and c["id"] != victim["id"] and "(healthy)" in c["status"]]  # fmt: skip
+        if again:
+            return
+        time.sleep(1)
+    pytest.fail("gateway-north was not running and healthy again within 120 s")
+
+
 def test_a_flash_sale_passes_its_audit(lab: None) -> None:
     result = d11("swarm", "load", "--scenario", "flash-sale", "--orders", "300",
                  "--concurrency", "32", "--duration", "120", timeout=600, check=False)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "audit PASSED" in result.stdout, result.stdout[-3000:]
+    failed = re.search(r"failed visits: (\d+)", result.stdout)
+    assert failed and int(failed.group(1)) <= 6, result.stdout[-3000:]  # 2 % of 300
 
 
 def test_the_lab_networks_cross_the_nodes_inside_swarms_vxlan(lab: None) -> None:
@@ -98,19 +116,6 @@ def test_the_lab_networks_cross_the_nodes_inside_swarms_vxlan(lab: None) -> None
     lab_vnis = {fabric.vni(T, net) for net in T.networks}
     # Swarm's VNI outside, one of the lab networks' inside: a VXLAN in a VXLAN between nodes
     assert vnis & lab_vnis, vnis
-
-
-def test_a_killed_task_comes_back_on_its_own(lab: None) -> None:
-    victim = next(c for c in swarm.tasks() if c["service"] == "gateway-north")
-    swarm.on(int(victim["node"]), "docker", "kill", victim["id"])
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        again = [c for c in swarm.tasks() if c["service"] == "gateway-north"
-                 and c["id"] != victim["id"] and "(healthy)" in c["status"]]  # fmt: skip
-        if again:
-            return
-        time.sleep(1)
-    pytest.fail("gateway-north was not running and healthy again within 120 s")
 
 
 def test_down_leaves_nothing_behind(lab: None, volumes_before: set[str]) -> None:

@@ -36,8 +36,6 @@ import asyncio
 import ipaddress
 import json
 import os
-import random
-import select
 import socket
 import time
 from typing import Any, cast
@@ -112,38 +110,24 @@ def fabric_interface() -> tuple[str, str]:
     raise SystemExit(f"fabric: no interface on the Swarm overlay {FABRIC}")
 
 
-def resolve(names: list[str], server: str = "127.0.0.11", timeout: float = 1.0) -> dict[str, str]:
-    """Each name's task address (``tasks.<name>``) from Swarm's DNS in the container, all
-    asked at once on one socket: a name with no task yet is only missing, never waited on
-    longer than ``timeout`` (the engine forwards names it does not know upstream)."""
-    out: dict[str, str] = {}
-    pending: dict[int, str] = {}
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        for name in names:
-            query = DNSRecord.question(f"tasks.{name}", "A")
-            query.header.id = random.randrange(1 << 16)
-            pending[query.header.id] = name
-            sock.sendto(query.pack(), (server, 53))
-        deadline = time.monotonic() + timeout
-        while pending and (left := deadline - time.monotonic()) > 0:
-            if not select.select([sock], [], [], left)[0]:
-                break
-            try:
-                reply = DNSRecord.parse(sock.recv(4096))
-            except Exception:
-                continue
-            name = pending.pop(reply.header.id, None)
-            answers = [str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A]
-            if name and answers:
-                out[name] = answers[0]
-    return out
+def resolve(name: str, server: str = "127.0.0.11", timeout: float = 1.0) -> str | None:
+    """A service's task address (``tasks.<name>``) from Swarm's DNS in the container, or
+    None; never waited on longer than ``timeout`` (the engine forwards names it does not
+    know upstream)."""
+    try:
+        raw = DNSRecord.question(f"tasks.{name}").send(server, 53, timeout=timeout)
+        reply = DNSRecord.parse(raw)
+    except Exception:  # no answer in time, or none that parses: not found this round
+        return None
+    return next((str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A), None)
 
 
-def build(t: Topology, me: str) -> dict[str, str]:
-    """This host's lab devices, with static neighbours for every peer; returns the
-    devices by network."""
+def build(t: Topology, me: str, peers: dict[str, dict[str, str]]) -> dict[str, str]:
+    """This host's lab devices, with static neighbours for every peer (``peers``: what
+    ``members`` gives); returns the devices by network."""
     dev_fabric, local = fabric_interface()
-    mine = {net: peers[me] for net, peers in members(t).items() if me in peers}
+    mine = {net: on[me] for net, on in peers.items() if me in on}
+    extras = extra_addresses(t)
     commands = []
     for net, address in mine.items():
         dev, prefix = device(net), ipaddress.IPv4Network(t.networks[net]["subnet"]).prefixlen
@@ -154,11 +138,10 @@ def build(t: Topology, me: str) -> dict[str, str]:
             f"addr add {address}/{prefix} dev {dev}",
             f"link set {dev} up",
         ]
-        extra = extra_addresses(t)[net]
-        for peer, peer_address in members(t)[net].items():
+        for peer, peer_address in peers[net].items():
             if peer != me:
                 mac = vxlan_mac(vni(t, net), peer_address)
-                for a in [peer_address, *extra.get(peer, [])]:
+                for a in [peer_address, *extras[net].get(peer, [])]:
                     commands.append(f"neigh replace {a} lladdr {mac} dev {dev} nud permanent")
     batch("ip", commands)
     return {net: device(net) for net in mine}
@@ -166,7 +149,7 @@ def build(t: Topology, me: str) -> dict[str, str]:
 
 def ask(me: str, timeout: float = 1.0) -> dict[str, str]:
     """Tell the directory this host is here; its answer: host → fabric address."""
-    where = resolve([DIRECTORY]).get(DIRECTORY)
+    where = resolve(DIRECTORY)
     if where is None:
         return {}
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -179,23 +162,23 @@ def ask(me: str, timeout: float = 1.0) -> dict[str, str]:
     return {str(k): str(v) for k, v in table.items()} if isinstance(table, dict) else {}
 
 
-def flood(t: Topology, me: str, devices: dict[str, str], known: dict[str, str],
-          table: dict[str, str]) -> bool:  # fmt: skip
+def flood(t: Topology, me: str, peers: dict[str, dict[str, str]], devices: dict[str, str],
+          known: dict[str, str], table: dict[str, str]) -> bool:  # fmt: skip
     """Bring each device's flood list up to date with the peers' fabric addresses in
     ``table``; ``known`` (peer → address in the flood lists) is updated in place. True
     when every peer is known."""
-    wanted = sorted({p for net in devices for p in members(t)[net] if p != me})
+    wanted = sorted({p for net in devices for p in peers[net] if p != me})
     commands = []
     for peer in wanted:
         now, before = table.get(peer), known.get(peer)
         if now is None or now == before:
             continue
         for net, dev in devices.items():
-            if peer not in members(t)[net]:
+            if peer not in peers[net]:
                 continue
             if before:  # moved: and what was learnt of its MAC points at the old task
                 commands.append(f"fdb del 00:00:00:00:00:00 dev {dev} dst {before}")
-                mac = vxlan_mac(vni(t, net), members(t)[net][peer])
+                mac = vxlan_mac(vni(t, net), peers[net][peer])
                 commands.append(f"fdb del {mac} dev {dev}")
             commands.append(f"fdb append 00:00:00:00:00:00 dev {dev} dst {now}")
         known[peer] = now
@@ -207,7 +190,8 @@ def flood(t: Topology, me: str, devices: dict[str, str], known: dict[str, str],
 def set_up(t: Topology, me: str) -> None:
     """The lab devices now, and a watcher (a child process, as root) for the flood lists
     for as long as the container runs."""
-    devices = build(t, me)
+    peers = members(t)  # the topology does not change: worked out once, not every round
+    devices = build(t, me, peers)
     if os.fork() != 0:
         return
     os.setsid()
@@ -215,7 +199,7 @@ def set_up(t: Topology, me: str) -> None:
     while True:
         complete = False
         try:
-            complete = flood(t, me, devices, known, ask(me))
+            complete = flood(t, me, peers, devices, known, ask(me))
         except SystemExit as exc:  # a failed bridge command: try again next round
             print(f"fabric: {exc}", flush=True)
         time.sleep(EVERY_S if complete else EAGER_EVERY_S)

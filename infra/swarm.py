@@ -125,7 +125,9 @@ def swarm_service(spec: dict[str, Any], where: str) -> dict[str, Any]:
         out["configs"] = pki_configs(read_only=pki[0].endswith(":ro"))
     out["deploy"] = {
         "replicas": 1,
-        "endpoint_mode": "dnsrr",  # no virtual IP: peers find the task itself (tasks.<name>)
+        # No virtual IP: one address per task in the fabric's /24, and the directory is
+        # found as its task itself (tasks.fabric-directory).
+        "endpoint_mode": "dnsrr",
         "placement": {"constraints": [f"node.labels.d11.{where} == true"]},
         "restart_policy": {"condition": "any", "delay": "1s"},
     }
@@ -330,11 +332,6 @@ def load(args: list[str]) -> int:
     return subprocess.run(command).returncode
 
 
-def tasks_on(node: str) -> list[str]:
-    label = f"label=com.docker.stack.namespace={STACK}"
-    return run("docker", "exec", node, "docker", "ps", "-q", "--filter", label, check=False).split()
-
-
 def inner_containers(node: str) -> list[str]:
     out = run("docker", "exec", node, "docker", "ps", "-aq", "--no-trunc", check=False, timeout=60)
     return out.split()
@@ -350,7 +347,7 @@ def down() -> None:
     if names:  # the stack first, or Swarm starts again what is removed under it
         run("docker", "exec", names[0], "docker", "stack", "rm", STACK, check=False)
         deadline = time.monotonic() + 60
-        while any(tasks_on(n) for n in names) and time.monotonic() < deadline:
+        while tasks() and time.monotonic() < deadline:
             time.sleep(1)
     inner = {n: inner_containers(n) for n in names}
     for name, ids in inner.items():

@@ -4,7 +4,8 @@ Tracing is OpenTelemetry with W3C ``traceparent`` propagation and an OTLP/HTTP e
 SDK reads the standard ``OTEL_*`` variables itself (``OTEL_EXPORTER_OTLP_ENDPOINT``,
 ``OTEL_TRACES_EXPORTER``, ``OTEL_TRACES_SAMPLER``, ``OTEL_RESOURCE_ATTRIBUTES``,
 ``OTEL_BSP_*``, ``OTEL_PROPAGATORS``, ``OTEL_SDK_DISABLED``), so the same services can be
-pointed at Jaeger or any OTLP backend without a code change.
+pointed at Jaeger or any OTLP backend without a code change. The span objects are the lean
+ones of :mod:`infra.spans` (the API and the SDK's settings kept, a third of the CPU).
 
 The carriers differ per protocol (HTTP headers, gRPC metadata, later SOAP headers and Dubbo
 attachments) but all go through :func:`inject` and :func:`extract` here.
@@ -22,13 +23,13 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from infra.config import Settings
+from infra.spans import LeanTracerProvider
 
 __all__ = [
     "PROMETHEUS_CONTENT_TYPE",
@@ -71,7 +72,7 @@ def _current() -> trace.Tracer | None:
     return _host_tracer.get() or _tracer
 
 
-def setup_tracing(settings: Settings, *, install: bool = True) -> TracerProvider | None:
+def setup_tracing(settings: Settings, *, install: bool = True) -> LeanTracerProvider | None:
     """The tracer provider for this service, installed as the global one unless
     ``install`` is false (several hosts in one process each keep their own, see
     infra.group); None when the SDK is disabled."""
@@ -92,7 +93,8 @@ def setup_tracing(settings: Settings, *, install: bool = True) -> TracerProvider
         if env.get(variable):
             attributes[attribute] = env[variable]
     resource = Resource.create(attributes)
-    provider = TracerProvider(resource=resource)
+    # The SDK's sampler, limits, resource and batch processor; lean span objects (infra.spans).
+    provider = LeanTracerProvider(resource=resource)
     exporters = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower()
     if "otlp" in exporters:
         # OTLP/HTTP as the SDK's exporter sends it, without the `requests` stack it loads
@@ -107,7 +109,7 @@ def setup_tracing(settings: Settings, *, install: bool = True) -> TracerProvider
     return provider
 
 
-def host_tracer(provider: TracerProvider) -> trace.Tracer:
+def host_tracer(provider: LeanTracerProvider) -> trace.Tracer:
     return provider.get_tracer(_TRACER_NAME)
 
 

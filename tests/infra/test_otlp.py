@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import PurePath
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -190,10 +191,10 @@ def test_endpoint_resolution() -> None:
         SpanExporterHTTP({"OTEL_EXPORTER_OTLP_ENDPOINT": "grpc://c:4317"})
 
 
-def _spans_of_every_shape() -> list:
+def _spans_of_every_shape(provider_class: type = TracerProvider) -> list:
     """Finished spans with every field the encoders write: kinds, parents local and remote,
     trace state, every attribute type, events, links, error status, two resources and two
-    scopes (instrumentation libraries)."""
+    scopes (instrumentation libraries); recorded by the SDK's provider or ours."""
     from opentelemetry import trace
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
@@ -201,7 +202,7 @@ def _spans_of_every_shape() -> list:
 
     memory = InMemorySpanExporter()
     for name in ("controller-1", "order-grpc"):
-        provider = TracerProvider(resource=Resource.create({"service.name": name, "n": 1}))
+        provider = provider_class(resource=Resource.create({"service.name": name, "n": 1}))
         provider.add_span_processor(SimpleSpanProcessor(memory))
         for scope in ("d11", "aiohttp"):
             tracer = provider.get_tracer(scope, "1.2.3")
@@ -243,3 +244,82 @@ def test_our_wire_encoder_writes_what_the_sdk_encoder_writes() -> None:
     # A batch of one span of each resource, in the other order.
     ours = ExportTraceServiceRequest.FromString(encoder.request([spans[-1], spans[0]]))
     assert ours == encode_spans([spans[-1], spans[0]])
+
+
+def _normalised(request: ExportTraceServiceRequest) -> ExportTraceServiceRequest:
+    """Span ids numbered in order of appearance, times zeroed: what is random or a clock."""
+    numbers: dict[bytes, bytes] = {}
+
+    def number(span_id: bytes) -> bytes:
+        return numbers.setdefault(span_id, len(numbers).to_bytes(8, "big"))
+
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                span.span_id = number(span.span_id)
+                if span.parent_span_id:
+                    span.parent_span_id = number(span.parent_span_id)
+                span.start_time_unix_nano = span.end_time_unix_nano = 0
+                for event in span.events:
+                    event.time_unix_nano = 0
+    return request
+
+
+def test_lean_spans_carry_what_the_sdk_spans_carry() -> None:
+    """infra/spans.py records through the same API calls exactly what the SDK records: the
+    SDK's spans through the SDK's encoder and ours through ours give one message."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from infra.otlp_wire import Encoder
+    from infra.spans import LeanTracerProvider
+
+    sdk = _normalised(encode_spans(_spans_of_every_shape(TracerProvider)))
+    lean = _spans_of_every_shape(LeanTracerProvider)
+    ours = _normalised(ExportTraceServiceRequest.FromString(Encoder().request(lean)))
+    assert ours == sdk
+    assert sum(len(ss.spans) for rs in ours.resource_spans for ss in rs.scope_spans) == 12
+
+
+def test_lean_spans_honour_the_sdk_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sampler and span limits come from the standard OTEL_* variables; an exception
+    leaving a span is recorded on it as the API's use_span does; the W3C header carries
+    the span."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    from infra.spans import LeanTracerProvider
+    from infra.telemetry import inject
+
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    off = LeanTracerProvider().get_tracer("t")
+    with off.start_as_current_span("dropped") as span:
+        assert not span.is_recording() and span.get_span_context().is_valid
+        assert inject({})["traceparent"].endswith("-00")
+
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "2")
+    monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "4")
+    provider = LeanTracerProvider()
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("t")
+    with pytest.raises(ValueError), tracer.start_as_current_span("s", attributes={"a": "long"}):
+        span = trace.get_current_span()
+        span.set_attribute("b", "longer")
+        span.set_attribute("c", 3)  # over the count limit
+        span.set_attribute("d", PurePath("x"))  # not an attribute value: its str, as the SDK's
+        carrier = inject({})
+        raise ValueError("boom")
+    (ended,) = memory.get_finished_spans()
+    assert ended.attributes == {"a": "long", "b": "long"} and ended.dropped_attributes == 2
+    assert ended.status.status_code is StatusCode.ERROR
+    assert ended.status.description == "ValueError: boom"
+    assert [e.name for e in ended.events] == ["exception"]
+    assert ended.events[0].attributes["exception.type"] == "Valu"  # the length limit too
+    assert carrier["traceparent"] == (
+        f"00-{ended.context.trace_id:032x}-{ended.context.span_id:016x}-01"
+    )
+    assert not ended.is_recording()
+    ended.set_attribute("late", 1)  # after the end: ignored
+    assert "late" not in ended.attributes

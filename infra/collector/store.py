@@ -63,6 +63,7 @@ _READ = (
     " s.status, s.status_message, s.attributes, s.events, r.body"
 )
 _COMPACT = (",", ":")
+_SEEN = "SELECT 1 FROM spans WHERE trace_id=? AND span_id=?"
 
 
 def resource_id(body: str) -> int:
@@ -103,11 +104,15 @@ class SpanStore:
         new_keys: dict[str, int] = {}
         keys, next_key = self.keys, len(self.keys) + 1
         rows = []
+        by_object: dict[int, int] = {}  # a request's spans share their resource's dict
         for r in records:
-            body = json.dumps(r.resource, sort_keys=True, separators=_COMPACT)
-            rid = bodies.get(body)
+            rid = by_object.get(id(r.resource))
             if rid is None:
-                rid = bodies[body] = resource_id(body)
+                body = json.dumps(r.resource, sort_keys=True, separators=_COMPACT)
+                rid = bodies.get(body)
+                if rid is None:
+                    rid = bodies[body] = resource_id(body)
+                by_object[id(r.resource)] = rid
             coded = {}
             for key, value in r.attributes.items():
                 code = keys.get(key) or new_keys.get(key)
@@ -130,14 +135,8 @@ class SpanStore:
                 self.db.executemany("INSERT INTO attribute_keys VALUES (?, ?)",
                                     [(i, k) for k, i in new_keys.items()])  # fmt: skip
             # Spans re-sent by a retrying exporter replace themselves and are counted once.
-            fresh = [
-                row
-                for row in rows
-                if self.db.execute(
-                    "SELECT 1 FROM spans WHERE trace_id=? AND span_id=?", (row[0], row[1])
-                ).fetchone()
-                is None
-            ]
+            seen = self.db.execute
+            fresh = [row for row in rows if seen(_SEEN, (row[0], row[1])).fetchone() is None]
             self.db.executemany(
                 f"INSERT OR REPLACE INTO spans ({_COLUMNS}) VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -4,7 +4,7 @@ server reflection, and a side HTTP listener for ``/metrics`` and ``/healthz``.""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -81,40 +81,57 @@ class ServerTelemetry(grpc.aio.ServerInterceptor):
         )
 
 
-class ClientTelemetry(grpc.aio.UnaryUnaryClientInterceptor):
-    """A CLIENT span per call, with ``traceparent`` sent in the call's metadata."""
+class _TracedUnaryUnary:
+    """A unary method of a :class:`TracedChannel`: a CLIENT span per call, ``traceparent``
+    in the call's metadata. In place of a client interceptor: grpc.aio runs every
+    intercepted call as a task of its own with a second call object, ~130 µs of CPU a call
+    on this machine kind (#17)."""
 
-    async def intercept_unary_unary(
-        self,
-        continuation: Callable[..., Awaitable[grpc.aio.UnaryUnaryCall]],
-        details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+    __slots__ = ("_attributes", "_call", "_name")
+
+    def __init__(self, method: str, call: grpc.aio.UnaryUnaryMultiCallable) -> None:
         service, name = _split(method)
-        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
-        with client_span(method.lstrip("/"), attributes) as (span, carrier):
-            metadata = grpc.aio.Metadata(*(details.metadata or ()))
-            for key, value in carrier.items():
-                metadata.add(key, value)
-            details = grpc.aio.ClientCallDetails(
-                details.method,
-                details.timeout,
-                metadata,
-                details.credentials,
-                details.wait_for_ready,
-            )
-            call = await continuation(details, request)
-            code = await call.code()
-            span.set_attribute("rpc.grpc.status_code", code.name)
-            if code != grpc.StatusCode.OK:
-                mark_error(span, f"{code.name}: {await call.details()}")
-            elif span.is_recording() and hasattr(request, "ByteSize"):
-                # Message sizes (before gRPC's 5-byte framing): Dubbo's client span and
-                # SOAP's server span say how big their bodies were too.
-                span.set_attribute("rpc.request.size", request.ByteSize())
-                span.set_attribute("rpc.response.size", (await call).ByteSize())
-            return call
+        self._call, self._name = call, method.lstrip("/")
+        self._attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+    async def __call__(
+        self, request: Any, *, metadata: Sequence[tuple[str, str]] | None = None, **kwargs: Any
+    ) -> Any:
+        failure: grpc.aio.AioRpcError | None = None
+        with client_span(self._name, self._attributes) as (span, carrier):
+            if carrier:
+                metadata = (*(metadata or ()), *carrier.items())
+            try:
+                response = await self._call(request, metadata=metadata, **kwargs)
+            except grpc.aio.AioRpcError as error:
+                # The status on the span; the error is the caller's, raised outside it (as
+                # an intercepted call raises it when awaited), not an exception event here.
+                failure, code = error, error.code()
+                span.set_attribute("rpc.grpc.status_code", code.name)
+                mark_error(span, f"{code.name}: {error.details()}")
+            else:
+                span.set_attribute("rpc.grpc.status_code", "OK")
+                if span.is_recording() and hasattr(request, "ByteSize"):
+                    # Message sizes (before gRPC's 5-byte framing): Dubbo's client span and
+                    # SOAP's server span say how big their bodies were too.
+                    span.set_attribute("rpc.request.size", request.ByteSize())
+                    span.set_attribute("rpc.response.size", response.ByteSize())
+        if failure is not None:
+            raise failure
+        return response
+
+
+class TracedChannel:
+    """A grpc.aio channel for generated stubs whose unary methods trace their calls."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> _TracedUnaryUnary:
+        return _TracedUnaryUnary(method, self.channel.unary_unary(method, *args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:  # the rest as the channel's own
+        return getattr(self.channel, name)
 
 
 _CHANNEL_OPTIONS = [
@@ -133,9 +150,9 @@ _RECONNECT_OPTIONS = [
 ]
 
 
-def channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
-        target, options=[*_CHANNEL_OPTIONS, *_RECONNECT_OPTIONS], interceptors=[ClientTelemetry()]
+def channel(target: str) -> TracedChannel:
+    return TracedChannel(
+        grpc.aio.insecure_channel(target, options=[*_CHANNEL_OPTIONS, *_RECONNECT_OPTIONS])
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
-from infra.grpc_service import channel
+from infra.grpc_service import TracedChannel, channel
 from rpc.discovery import Discovery
 from rpc.errors import Code, DomainError, from_grpc
 
@@ -209,14 +209,14 @@ class GrpcClient(BalancedClient, Generic[S]):
     def __init__(
         self,
         target: str | Discovery,
-        stub: Callable[[grpc.aio.Channel], S],
+        stub: Callable[[Any], S],  # a generated stub class, given a TracedChannel
         timeout: float,
         *,
         max_in_flight: int | None = None,
     ) -> None:
         super().__init__(target, timeout, max_in_flight=max_in_flight)
         self._stub_factory = stub
-        self._stubs: dict[str, tuple[grpc.aio.Channel, S]] = {}
+        self._stubs: dict[str, tuple[TracedChannel, S]] = {}
 
     def _stub(self, endpoint: str) -> S:
         if endpoint not in self._stubs:

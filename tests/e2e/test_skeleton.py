@@ -118,6 +118,9 @@ def test_one_trace_covers_every_hop(stack: Stack, http, protocol: str, rpc_syste
     assert sized, rpc_spans
     assert all(s["attributes"]["rpc.request.size"] > 20 for s in sized)
     assert all(s["attributes"]["rpc.response.size"] > 20 for s in sized)
+    if protocol == "grpc":  # the controller's traced channel records the call's status
+        calls = [s for s in rpc_spans if s["kind"] == "CLIENT"]
+        assert calls and all(s["attributes"]["rpc.grpc.status_code"] == "OK" for s in calls)
 
     # Children lie inside their parents, except work done after the answer (committing
     # the stock reservation), which only starts after its parent did.
